@@ -1,0 +1,122 @@
+"""Command line: bench run | report | list | plan."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from bench.errors import BenchError
+
+KINDS = ("models", "samplers", "grids", "evals", "metrics")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench import registry
+
+    registry.load_all()
+    regs = {"models": registry.MODELS, "samplers": registry.SAMPLERS, "grids": registry.GRIDS,
+            "evals": registry.EVALS, "metrics": registry.METRICS}
+    for kind in [args.kind] if args.kind else KINDS:
+        print(f"{kind}:")
+        for e in regs[kind]:
+            print(f"  {e.name:16s} {e.description}")
+            info = e.meta.get("info")
+            if info is not None:
+                print(f"  {'':16s} evals/step {info.evals_per_step}, order {info.order}, "
+                      f"default grid {info.grid}; {info.paper}")
+            params = e.params()
+            if params:
+                print(f"  {'':16s} params: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.store import ResultStore
+    from bench.suite import load_suite, plan, rounding_notes
+
+    suite = load_suite(args.suite, args.set)
+    cells = plan(suite)
+    store = ResultStore(args.results)
+    done = sum(store.has_shard(c.key) for c in cells)
+    print(f"suite {suite.name}: {len(suite.models)} model(s) x {len(suite.samplers)} sampler(s) x "
+          f"{len(suite['nfe'])} NFE x {len(suite.evals)} eval(s) = {len(cells)} shard(s), "
+          f"{done} already done in {args.results}")
+    for note in rounding_notes(suite, cells):
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.dispatch import run_suite
+    from bench.suite import load_suite, plan, rounding_notes
+
+    suite = load_suite(args.suite, args.set)
+    for note in rounding_notes(suite, plan(suite)):
+        print(f"note: {note}", file=sys.stderr)
+    summary = run_suite(suite, args.results, executor=args.executor, jobs=args.jobs)
+    print(summary.line())
+    for f in summary.failed:
+        print(f"failed: {f['key']}: {f['error']} (traceback in {args.results}/_failed/{f['key']}.json)")
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import render
+
+    out = args.out or str(Path("reports") / (args.suite or "report"))
+    for p in render(args.results, out, suite=args.suite, fit_min_nfe=args.fit_min_nfe):
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="Benchmark harness for diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a suite (computes only missing cells)")
+    r.add_argument("suite", help="suite YAML file")
+    r.add_argument("--executor", choices=("debug", "local", "slurm"), default=None,
+                   help="where jobs run (default: the suite's executor.name, else debug)")
+    r.add_argument("--results", default="results", help="results folder (default: results/)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite field, e.g. --set samples=128 (repeatable)")
+    r.add_argument("--jobs", type=int, default=None, help="number of jobs to pack shards into")
+    r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="validate a suite and show its cells without running")
+    pl.add_argument("suite")
+    pl.add_argument("--results", default="results")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pl.set_defaults(func=cmd_plan)
+
+    rep = sub.add_parser("report", help="render Markdown + PNG from a results folder")
+    rep.add_argument("results", help="results folder")
+    rep.add_argument("--out", default=None, help="output folder (default: reports/<suite>)")
+    rep.add_argument("--suite", default=None, help="only this suite's rows")
+    rep.add_argument("--fit-min-nfe", type=int, default=0,
+                     help="fit convergence slopes only over counted NFE >= this")
+    rep.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="list registered models, samplers, grids, evals, metrics")
+    ls.add_argument("kind", nargs="?", choices=KINDS)
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The one contract every sampler sees, and the wrapper that counts its evaluations.
+
+A denoiser maps a data-scaled noisy batch ``x = x_0 + s * eps`` and per-sample noise levels
+``s`` to the estimate of ``x_0`` (the ``D(x; sigma)`` of Karras et al. 2022). Adapters hide
+eps / v / x0 parameterisations, discrete vs continuous time and guidance behind it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from bench.samplers.schedules import VPSchedule
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    schedule: "VPSchedule"
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor: ...
+
+
+class CountingDenoiser:
+    """Counts evaluations (NFE) and the wall time spent inside the model.
+
+    ``nfe`` counts denoiser evaluations per sample, as papers count them: one call on a batch
+    is one evaluation for each sample in it. ``network_calls`` counts raw forward passes of
+    the underlying network (differs from ``nfe`` only for guidance that is not batched).
+    """
+
+    def __init__(self, inner: Denoiser) -> None:
+        self.inner = inner
+        self.schedule = inner.schedule
+        self.nfe = 0
+        self.model_s = 0.0
+
+    @property
+    def network_calls(self) -> int:
+        return int(getattr(self.inner, "network_calls", self.nfe))
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor:
+        sync = x.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        out = self.inner(x, sigma, cond)
+        if sync:
+            torch.cuda.synchronize(x.device)
+        self.model_s += time.perf_counter() - t0
+        self.nfe += 1
+        return out
+
+    def reset(self) -> None:
+        self.nfe, self.model_s = 0, 0.0

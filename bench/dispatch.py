@@ -1,0 +1,195 @@
+"""Dispatch a suite's cells as submitit jobs (debug | local | slurm) and finalize results.
+
+Pending shards are packed into a few jobs (longest first onto the least-loaded job); each job
+writes every shard atomically as it finishes, so a killed run loses only shards in flight and a
+rerun computes only what is missing. Groups whose shards are all present are merged into
+Parquet metric rows by the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from bench.errors import BenchError
+from bench.provenance import environment
+from bench.registry import EVALS
+from bench.samplers.schedules import make_grid  # noqa: F401  (keeps grids registered)
+from bench.store import ResultStore
+from bench.suite import Cell, Suite, code_hash, plan
+from bench.worker import run_cells
+
+EXECUTORS = ("debug", "local", "slurm")
+SLURM_KEYS = {"partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
+              "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
+              "mem_gb": "mem_gb", "timeout_min": "timeout_min",
+              "array_parallelism": "slurm_array_parallelism",
+              "additional_parameters": "slurm_additional_parameters"}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    cells: int
+    computed: int = 0
+    cached: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    finalized: int = 0
+    wall_s: float = 0.0
+
+    def line(self) -> str:
+        return (f"run {self.run_id}: {self.cells} shard(s): {self.computed} computed, "
+                f"{self.cached} already done, {len(self.failed)} failed; "
+                f"{self.finalized} result group(s) written in {self.wall_s:.1f} s")
+
+
+def new_run_id() -> str:
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def make_executor(name: str, folder: Path, params: dict[str, Any]):  # -> submitit.Executor
+    import submitit
+
+    if name == "debug":
+        return submitit.DebugExecutor(folder)
+    if name == "local":
+        ex = submitit.LocalExecutor(folder)
+        ex.update_parameters(timeout_min=int(params.get("timeout_min", 24 * 60)))
+        return ex
+    if name == "slurm":
+        ex = submitit.AutoExecutor(folder, cluster="slurm")
+        unknown = set(params) - set(SLURM_KEYS) - {"name", "jobs"}
+        if unknown:
+            raise BenchError(f"executor: unknown slurm parameter(s) {sorted(unknown)}; "
+                             f"use: {', '.join(sorted(SLURM_KEYS))}.")
+        ex.update_parameters(**{SLURM_KEYS[k]: v for k, v in params.items() if k in SLURM_KEYS})
+        return ex
+    raise BenchError(f"executor: unknown executor {name!r}; use one of {', '.join(EXECUTORS)}.")
+
+
+def _cost(cell: Cell) -> float:
+    return float(cell.steps * (cell.stop - cell.start))
+
+
+def pack(cells: list[Cell], n_jobs: int) -> list[list[Cell]]:
+    """Longest-processing-time-first packing of shards into n_jobs lists."""
+    n_jobs = max(1, min(n_jobs, len(cells)))
+    bins: list[list[Cell]] = [[] for _ in range(n_jobs)]
+    loads = [0.0] * n_jobs
+    for c in sorted(cells, key=_cost, reverse=True):
+        j = loads.index(min(loads))
+        bins[j].append(c)
+        loads[j] += _cost(c)
+    return bins
+
+
+def _wait(jobs: list[Any], chunks: list[list[Cell]], store: ResultStore, debug: bool) -> list[dict]:
+    """Wait for the jobs with a progress bar; a job that died marks its unfinished shards failed."""
+    statuses: list[dict] = []
+    keys = [c.key for chunk in chunks for c in chunk]
+    bar = tqdm(total=len(keys), desc="shards", unit="shard", disable=None)
+    try:
+        if debug:
+            for job in jobs:
+                statuses.extend(job.result())
+                bar.update(sum(1 for k in keys if store.has_shard(k) or store.read_failure(k)) - bar.n)
+        else:
+            while not all(j.done() for j in jobs):
+                bar.update(sum(1 for k in keys if store.has_shard(k)) - bar.n)
+                time.sleep(0.5)
+            for job, chunk in zip(jobs, chunks):
+                try:
+                    statuses.extend(job.result())
+                except Exception as exc:  # the job itself died (killed, OOM, timeout)
+                    for key in (c.key for c in chunk):
+                        if not store.has_shard(key):
+                            info = {"key": key, "error": f"job {job.job_id} died: {exc}",
+                                    "traceback": str(exc)}
+                            store.write_failure(key, info)
+                            statuses.append({"key": key, "status": "failed", "error": info["error"]})
+            bar.update(sum(1 for k in keys if store.has_shard(k)) - bar.n)
+    except KeyboardInterrupt:
+        for job in jobs:
+            try:
+                job.cancel(check=False)
+            except Exception:
+                pass
+        raise
+    finally:
+        bar.close()
+    return statuses
+
+
+def run_suite(suite: Suite, results: str | Path, executor: str | None = None,
+              executor_params: dict[str, Any] | None = None, jobs: int | None = None) -> RunSummary:
+    """Plan, compute the missing shards, finalize complete groups, write a run manifest."""
+    t0 = time.perf_counter()
+    params = {**suite["executor"], **(executor_params or {})}
+    name = executor or params.pop("name", None) or "debug"
+    params.pop("name", None)
+    if name not in EXECUTORS:
+        raise BenchError(f"executor: unknown executor {name!r}; use one of {', '.join(EXECUTORS)}.")
+    cells = plan(suite)
+    store = ResultStore(results)
+    run_id = new_run_id()
+    summary = RunSummary(run_id, len(cells))
+    pending = [c for c in cells if not store.has_shard(c.key)]
+    summary.cached = len(cells) - len(pending)
+    if pending:
+        n_jobs = jobs or int(params.pop("jobs", 0) or 0) or (
+            len(pending) if name == "debug" else min(len(pending), os.cpu_count() or 1))
+        params.pop("jobs", None)
+        chunks = pack(pending, n_jobs)
+        threads = max(1, (os.cpu_count() or 1) // len(chunks)) if name == "local" else None
+        ex = make_executor(name, store.jobs / run_id, params)
+        root = str(Path(results).resolve())
+        submitted = ex.map_array(run_cells, chunks, [root] * len(chunks), [threads] * len(chunks))
+        statuses = _wait(submitted, chunks, store, debug=name == "debug")
+        summary.computed = sum(1 for s in statuses if s["status"] == "done" and not s.get("cached"))
+        summary.failed = [s for s in statuses if s["status"] == "failed"]
+    summary.finalized = finalize(suite, cells, store, run_id, name)
+    summary.wall_s = time.perf_counter() - t0
+    store.write_run(run_id, {
+        "run_id": run_id, "suite": suite.name, "source": suite.source, "executor": name,
+        "summary": summary.__dict__, "code_hash": code_hash(),
+        "cells": [{"key": c.key, "group": c.group, "cell": c.label(),
+                   "status": "done" if store.has_shard(c.key) else "failed"} for c in cells]})
+    return summary
+
+
+def finalize(suite: Suite, cells: list[Cell], store: ResultStore, run_id: str, executor: str) -> int:
+    """Write metric rows for every group whose shards are all done and rows not yet written."""
+    groups: dict[str, list[Cell]] = defaultdict(list)
+    for c in cells:
+        groups[c.group].append(c)
+    env = None
+    written = 0
+    for group, members in groups.items():
+        if store.has_rows(suite.name, group) or not all(store.has_shard(c.key) for c in members):
+            continue
+        env = env or environment()
+        c0 = members[0]
+        ev = EVALS.get(c0.eval["name"])(**c0.eval["params"])
+        shards = [store.read_shard(c.key) for c in sorted(members, key=lambda c: c.start)]
+        base = {
+            "run_id": run_id, "suite": suite.name, "model": c0.model["label"],
+            "model_name": c0.model["name"], "model_params": json.dumps(c0.model["params"], sort_keys=True),
+            "sampler": c0.sampler["label"], "sampler_name": c0.sampler["name"],
+            "sampler_params": json.dumps(c0.sampler["params"], sort_keys=True),
+            "grid": json.dumps(c0.sampler["grid"], sort_keys=True), "nfe": c0.nfe, "steps": c0.steps,
+            "eval": c0.eval["name"], "seed": c0.seed, "shards": len(members),
+            "executor": executor, "config_hash": group, "code_hash": code_hash(), **env,
+        }
+        rows = [{**base, **r} for r in ev.finalize(members, shards)]
+        store.write_rows(suite.name, group, rows)
+        written += 1
+    return written

@@ -1,0 +1,107 @@
+"""Eval ``nfe_curve``: quality against the number of function evaluations.
+
+For each (model, sampler, NFE) cell it draws N samples from per-sample seeds, runs the sampler
+through an NFE-counting wrapper, and feeds each batch to the configured metrics. The default
+metric is the error against an oracle's exact ODE solution; for real models the y-axis is any
+other registered metric (``params: {metrics: [fid]}``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bench.denoiser import CountingDenoiser
+from bench.evals.base import Eval, ShardResult
+from bench.metrics.base import MetricContext, SampleBatch
+from bench.noise import NoiseSource
+from bench.registry import EVALS, METRICS, MODELS, SAMPLERS
+from bench.samplers.schedules import make_grid
+from bench.suite import Cell
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return "cpu"
+
+
+@EVALS.register("nfe_curve", "Sampler quality vs NFE: per-sample seeds, counted NFE, wall time; "
+                "metric default oracle_rmse")
+class NFECurve(Eval):
+    def __init__(self, *, metrics: list[str] = ("oracle_rmse",)) -> None:  # type: ignore[assignment]
+        super().__init__(metrics=list(metrics))
+        self.metrics = [m if isinstance(m, str) else m["name"] for m in metrics]
+
+    def run_shard(self, cell: Cell, cache_dir: Any = None) -> ShardResult:
+        t_start = time.perf_counter()
+        device = resolve_device(cell.device)
+        adapter = MODELS.get(cell.model["name"])(**cell.model["params"])
+        model = CountingDenoiser(adapter.load(device))
+        sigmas = make_grid(cell.sampler["grid"], model.schedule, cell.steps).to(device)
+        sampler = SAMPLERS.get(cell.sampler["name"])
+        ctx = MetricContext(adapter, device, cache_dir)
+        metrics = [METRICS.get(m)(ctx) for m in self.metrics]
+        nfe_counted: set[int] = set()
+        calls: set[int] = set()
+        sample_s = model_s = 0.0
+        starts = range(cell.start, cell.stop, cell.batch_size)
+        for b0 in tqdm(starts, desc=cell.label(), leave=False, disable=None):
+            idx = np.arange(b0, min(b0 + cell.batch_size, cell.stop), dtype=np.int64)
+            noise = NoiseSource(cell.seed, idx, device, adapter.dtype)
+            x = noise.randn(adapter.sample_shape()) * sigmas[0].to(adapter.dtype)
+            model.reset()
+            t0 = time.perf_counter()
+            out = sampler(model, x, sigmas, noise=noise, **cell.sampler["params"])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            sample_s += time.perf_counter() - t0
+            model_s += model.model_s
+            nfe_counted.add(model.nfe)
+            calls.add(model.network_calls)
+            batch = SampleBatch(idx, x, out, sigmas)
+            for m in metrics:
+                m.update(batch)
+        if len(nfe_counted) != 1:
+            raise RuntimeError(f"counted NFE differs between batches: {sorted(nfe_counted)}")
+        state: dict[str, np.ndarray] = {}
+        for name, m in zip(self.metrics, metrics):
+            state.update({f"{name}/{k}": v for k, v in m.state().items()})
+        meta = {"nfe_counted": nfe_counted.pop(), "network_calls": max(calls),
+                "n_samples": cell.stop - cell.start, "wall_s": time.perf_counter() - t_start,
+                "sample_s": sample_s, "model_s": model_s, "device": device_name(device),
+                "model_hash": adapter.describe().get("weights_hash", ""),
+                "sigma_start": float(sigmas[0]), "sigma_end": float(sigmas[-1])}
+        return state, meta
+
+    def finalize(self, cells: list[Cell], shards: list[ShardResult]) -> list[dict[str, Any]]:
+        metas = [m for _, m in shards]
+        counted = {m["nfe_counted"] for m in metas}
+        if len(counted) != 1:
+            raise RuntimeError(f"shards of one cell counted different NFE: {sorted(counted)}")
+        wall = sum(m["wall_s"] for m in metas)
+        n = sum(m["n_samples"] for m in metas)
+        common = {"nfe_counted": counted.pop(), "network_calls": max(m["network_calls"] for m in metas),
+                  "n_samples": n, "wall_s": wall, "sample_s": sum(m["sample_s"] for m in metas),
+                  "model_s": sum(m["model_s"] for m in metas), "samples_per_s": n / wall if wall else
+                  float("nan"), "device": metas[0]["device"], "model_hash": metas[0]["model_hash"],
+                  "sigma_start": metas[0]["sigma_start"], "sigma_end": metas[0]["sigma_end"]}
+        rows = []
+        for name in self.metrics:
+            cls = METRICS.get(name)
+            prefix = f"{name}/"
+            states = [{k[len(prefix):]: v for k, v in s.items() if k.startswith(prefix)}
+                      for s, _ in shards]
+            for metric, (value, lo, hi) in cls.compute(cls.merge(states)).items():
+                rows.append({**common, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi})
+        return rows

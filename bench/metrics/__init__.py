@@ -1,0 +1,6 @@
+"""Metrics over generated samples (mergeable per-shard state)."""
+
+from bench.metrics import oracle  # noqa: F401  (registration)
+from bench.metrics.base import Metric, MetricContext, SampleBatch
+
+__all__ = ["Metric", "MetricContext", "SampleBatch"]

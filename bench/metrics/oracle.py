@@ -1,0 +1,56 @@
+"""Error against an oracle model's exact probability-flow ODE solution."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from bench.metrics.base import Metric, SampleBatch, Values, mean_ci, merge_per_sample
+from bench.registry import METRICS
+
+
+@METRICS.register("oracle_rmse", "RMSE per dimension between each sample and the exact PF-ODE "
+                  "solution from the same initial noise (oracle models); mean and 95% t-CI")
+class OracleRMSE(Metric):
+    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(ctx)
+        if not ctx.adapter.is_oracle:
+            raise ValueError(f"oracle_rmse needs an oracle model (e.g. gmm), not "
+                             f"{type(ctx.adapter).__name__}; use a sample-quality metric instead")
+        self.index: list[np.ndarray] = []
+        self.rmse: list[np.ndarray] = []
+
+    def truth(self, batch: SampleBatch) -> torch.Tensor:
+        s0, s1 = float(batch.sigmas[0]), float(batch.sigmas[-1])
+        adapter, cache = self.ctx.adapter, self.ctx.cache_dir
+        if getattr(adapter, "truth_is_cheap", False) or cache is None:
+            return adapter.ode_solution(batch.x_start, s0, s1)
+        h = hashlib.sha256(json.dumps([adapter.describe(), s0, s1], sort_keys=True).encode())
+        h.update(batch.x_start.detach().cpu().numpy().tobytes())
+        path = cache / "truth" / f"{h.hexdigest()[:24]}.npy"
+        if path.is_file():
+            return torch.from_numpy(np.load(path)).to(batch.x_start)
+        out = adapter.ode_solution(batch.x_start, s0, s1)
+        from bench.store import atomic_write
+
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), out.detach().cpu().numpy()))
+        return out
+
+    def update(self, batch: SampleBatch) -> None:
+        diff = (batch.samples.to(torch.float64) - self.truth(batch).to(torch.float64)).flatten(1)
+        self.rmse.append(diff.pow(2).mean(1).sqrt().cpu().numpy())
+        self.index.append(np.asarray(batch.indices, dtype=np.int64))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"index": np.concatenate(self.index), "rmse": np.concatenate(self.rmse)}
+
+    @staticmethod
+    def merge(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return merge_per_sample(states)
+
+    @staticmethod
+    def compute(state: dict[str, np.ndarray]) -> Values:
+        return {"rmse": mean_ci(state["rmse"])}

@@ -1,0 +1,41 @@
+"""Model adapters: turn a model description into a Denoiser a sampler can call."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bench.denoiser import Denoiser
+
+
+class ModelAdapter(ABC):
+    """Loads a model and exposes the Denoiser contract, its sample shape and a decoder."""
+
+    #: True for models whose probability-flow ODE solution is known (see ``ode_solution``).
+    is_oracle: bool = False
+
+    @abstractmethod
+    def load(self, device: torch.device | str = "cpu") -> Denoiser: ...
+
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (without the batch dimension)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description, including a hash of the weights, recorded with results."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """Samples in data space -> uint8 NCHW images in [0, 255]."""
+        raise NotImplementedError(f"{type(self).__name__} does not produce images")
+
+    def ode_solution(self, x: Tensor, s_start: float, s_end: float) -> Tensor:
+        """Exact probability-flow ODE solution from noise level s_start to s_end (oracles only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not an oracle model")

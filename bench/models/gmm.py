@@ -1,0 +1,225 @@
+"""Exact Gaussian-mixture oracle under a VP diffusion.
+
+If the data are ``p_0 = sum_k w_k N(mu_k, Sigma_k)``, the data-scaled noisy marginal at level
+``s`` is ``sum_k w_k N(mu_k, Sigma_k + s^2 I)``, so the ideal denoiser is, in closed form,
+``D(x; s) = sum_k r_k(x) (mu_k + Sigma_k (Sigma_k + s^2 I)^{-1} (x - mu_k))`` with posterior
+responsibilities ``r_k``. Everything is float64.
+
+Ground truth of the probability-flow ODE ``dx/ds = (x - D(x; s)) / s`` (Karras et al. 2022,
+eq. 4; equivalently Song et al. 2021's PF-ODE in VP time):
+
+* one component: ``x(s_b) = mu + (Sigma + s_b^2)^{1/2} (Sigma + s_a^2)^{-1/2} (x(s_a) - mu)``,
+  i.e. in VP terms ``x_0 = mu + Sigma^{1/2} C_T^{-1/2} (x_T - alpha_T mu)``;
+* a mixture: an adaptive DOP853 solve per sample (rtol, atol <= 1e-9), cached by the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.errors import BenchError
+from bench.models.base import ModelAdapter
+from bench.registry import MODELS
+from bench.samplers.schedules import VPSchedule, make_schedule
+
+
+def _as_array(value: Any, field: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BenchError(f"gmm: field '{field}' must be numbers, got {value!r}.") from None
+
+
+@MODELS.register("gmm", "Exact Gaussian-mixture oracle (closed-form denoiser and ODE solution)")
+class GMMOracle(ModelAdapter):
+    """Gaussian mixture data under a VP process; the ideal denoiser in closed form.
+
+    Give ``means``/``covs``/``weights`` explicitly (covs per component: a scalar, a diagonal
+    of variances, or a full matrix) or let ``components``, ``cov`` (diag|full), ``var_min``,
+    ``var_max``, ``mean_std`` and ``seed`` draw an anisotropic mixture.
+    """
+
+    is_oracle = True
+
+    def __init__(self, *, shape: Sequence[int] = (2,), schedule: str | dict = "discrete",
+                 components: int = 1, cov: str = "diag", var_min: float = 0.05,
+                 var_max: float = 1.0, mean_std: float = 1.0, seed: int = 0,
+                 weights: list | None = None, means: list | None = None, covs: list | None = None,
+                 truth_rtol: float = 1e-10) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        if not self.shape or any(d <= 0 for d in self.shape):
+            raise BenchError(f"gmm: field 'shape' must be positive sizes, got {list(shape)}.")
+        dim = int(np.prod(self.shape))
+        self.schedule_spec = schedule
+        self.schedule: VPSchedule = make_schedule(schedule)
+        if truth_rtol > 1e-9:
+            raise BenchError(f"gmm: field 'truth_rtol' is {truth_rtol}; ground truth needs <= 1e-9.")
+        self.truth_rtol = float(truth_rtol)
+        if means is None:
+            if cov not in ("diag", "full"):
+                raise BenchError(f"gmm: field 'cov' is {cov!r}; use 'diag' or 'full'.")
+            rng = np.random.default_rng(seed)
+            mu = rng.normal(0.0, mean_std, (components, dim))
+            lam = np.exp(rng.uniform(np.log(var_min), np.log(var_max), (components, dim)))
+            if cov == "full":
+                q = np.stack([np.linalg.qr(rng.normal(size=(dim, dim)))[0] for _ in range(components)])
+            else:
+                q = None
+        else:
+            mu = _as_array(means, "means")
+            mu = np.broadcast_to(mu.reshape(mu.shape[0], -1) if mu.ndim > 1 else mu[:, None],
+                                 (mu.shape[0], dim)).copy()
+            lam, q = self._eig(covs if covs is not None else [1.0] * len(mu), len(mu), dim)
+        k = mu.shape[0]
+        w = np.full(k, 1.0 / k) if weights is None else _as_array(weights, "weights")
+        if w.shape != (k,) or (w <= 0).any():
+            raise BenchError(f"gmm: field 'weights' needs {k} positive numbers, got {weights!r}.")
+        self.params = {"shape": list(self.shape), "schedule": schedule, "components": k}
+        self.w = torch.from_numpy(w / w.sum())
+        self.mu = torch.from_numpy(mu)
+        self.lam = torch.from_numpy(lam)
+        self.U = None if q is None else torch.from_numpy(q)
+        digest = hashlib.sha256()
+        for a in (self.w, self.mu, self.lam) + (() if self.U is None else (self.U,)):
+            digest.update(a.numpy().tobytes())
+        self.weights_hash = digest.hexdigest()
+
+    @staticmethod
+    def _eig(covs: Any, k: int, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+        c = _as_array(covs, "covs")
+        if c.shape[0] != k:
+            raise BenchError(f"gmm: field 'covs' has {c.shape[0]} entries for {k} means.")
+        if c.ndim == 1 or (c.ndim == 2 and c.shape[1] == dim):
+            lam = np.broadcast_to(c.reshape(k, -1), (k, dim)).copy()
+            q = None
+        elif c.ndim == 3 and c.shape[1:] == (dim, dim):
+            lam_q = [np.linalg.eigh(ci) for ci in c]
+            lam, q = np.stack([l for l, _ in lam_q]), np.stack([v for _, v in lam_q])
+        else:
+            raise BenchError(f"gmm: field 'covs' has shape {c.shape}; use [K], [K, {dim}] "
+                             f"(diagonals) or [K, {dim}, {dim}] (full matrices).")
+        if (lam <= 0).any():
+            raise BenchError("gmm: field 'covs' must be positive definite.")
+        return lam, q
+
+    # ------------------------------------------------------------------ adapter interface
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64
+
+    @property
+    def truth_is_cheap(self) -> bool:
+        """One component: closed form, nothing to cache."""
+        return len(self.w) == 1
+
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "gmm", **self.params, "weights_hash": self.weights_hash}
+
+    def load(self, device: torch.device | str = "cpu") -> "GMMDenoiser":
+        return GMMDenoiser(self, torch.device(device))
+
+    def decode(self, x0: Tensor) -> Tensor:
+        return ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+    # --------------------------------------------------------------------- ground truth
+    def ode_solution(self, x: Tensor, s_start: float, s_end: float) -> Tensor:
+        flat = x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1)
+        if len(self.w) == 1:
+            out = self._closed_form(flat, s_start, s_end)
+        else:
+            out = torch.stack([self._adaptive(row, s_start, s_end) for row in flat])
+        return out.reshape(x.shape).to(x.device, x.dtype)
+
+    def _closed_form(self, x: Tensor, s_a: float, s_b: float) -> Tensor:
+        mu, lam = self.mu[0], self.lam[0]
+        diff = x - mu
+        z = diff if self.U is None else matmul_rows(diff, self.U[0])
+        z = z * torch.sqrt((lam + s_b**2) / (lam + s_a**2))
+        return mu + (z if self.U is None else matmul_rows(z, self.U[0].T))
+
+    def _adaptive(self, row: Tensor, s_a: float, s_b: float) -> Tensor:
+        from scipy.integrate import solve_ivp
+
+        def rhs(s: float, y: np.ndarray) -> np.ndarray:
+            v = velocity(self, torch.from_numpy(y)[None], torch.tensor([s], dtype=torch.float64))
+            return v[0].numpy()
+
+        sol = solve_ivp(rhs, (s_a, s_b), row.numpy(), method="DOP853", rtol=self.truth_rtol,
+                        atol=self.truth_rtol)
+        if not sol.success:
+            raise RuntimeError(f"ground-truth ODE solve failed: {sol.message}")
+        return torch.from_numpy(sol.y[:, -1].copy())
+
+
+BLOCK = 16
+
+
+def matmul_rows(x: Tensor, m: Tensor) -> Tensor:
+    """``x @ m`` computed in fixed blocks of BLOCK rows (the last one zero-padded).
+
+    BLAS picks kernels by the number of rows, so a plain ``x @ m`` gives a row last-bit
+    different results for different batch sizes; fixed blocks make sample i's result
+    independent of the batch it is in (checked in tests/test_determinism.py).
+    """
+    n = x.shape[0]
+    pad = (-n) % BLOCK
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+    return torch.cat([x[i : i + BLOCK] @ m for i in range(0, x.shape[0], BLOCK)])[:n]
+
+
+def _components(gmm: Any, x: Tensor, s: Tensor):
+    """Per component: responsibilities' log-weights, whitened residual z/c and lam/c."""
+    s2 = (s.to(torch.float64) ** 2)[:, None]
+    for k in range(len(gmm.w)):
+        diff = x - gmm.mu[k]
+        z = diff if gmm.U is None else matmul_rows(diff, gmm.U[k])
+        c = gmm.lam[k] + s2
+        logp = torch.log(gmm.w[k]) - 0.5 * (z * z / c + torch.log(c)).sum(1)
+        yield k, logp, z, c
+
+
+def _mix(gmm: Any, x: Tensor, s: Tensor, term, add_mean: bool = False) -> Tensor:
+    """sum_k r_k (U_k term_k + [mu_k]), with term_k given in component k's eigenbasis."""
+    logps, terms = [], []
+    for k, logp, z, c in _components(gmm, x, s):
+        logps.append(logp)
+        t = term(z, c, gmm.lam[k])
+        t = t if gmm.U is None else matmul_rows(t, gmm.U[k].T)
+        terms.append(t + gmm.mu[k] if add_mean else t)
+    if len(terms) == 1:
+        return terms[0]
+    r = torch.softmax(torch.stack(logps, 1), dim=1)
+    out = r[:, 0:1] * terms[0]
+    for k in range(1, len(terms)):
+        out = out + r[:, k : k + 1] * terms[k]
+    return out
+
+
+def velocity(gmm: GMMOracle, x: Tensor, s: Tensor) -> Tensor:
+    """PF-ODE velocity dx/ds = (x - D)/s = s * sum_k r_k (Sigma_k + s^2)^{-1} (x - mu_k)."""
+    return s[:, None] * _mix(gmm, x, s, lambda z, c, lam: z / c)
+
+
+class GMMDenoiser:
+    """The oracle's exact x0-prediction, on flattened float64 batches."""
+
+    def __init__(self, gmm: GMMOracle, device: torch.device) -> None:
+        self.gmm, self.device = gmm, device
+        self.schedule = gmm.schedule
+        for name in ("w", "mu", "lam", "U"):
+            t = getattr(gmm, name)
+            setattr(self, name, None if t is None else t.to(device))
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor:
+        flat = x.reshape(x.shape[0], -1).to(torch.float64)
+        d = _mix(self, flat, sigma, lambda z, c, lam: lam / c * z, add_mean=True)
+        return d.reshape(x.shape).to(x.dtype)

@@ -1,0 +1,76 @@
+"""Render reports (Markdown + PNG plots) from a results folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.report.plots import nfe_plot
+from bench.report.tables import fmt, markdown_table, slopes, value_table, cost_table
+
+
+def load_results(results: str | Path, suite: str | None = None) -> pd.DataFrame:
+    path = Path(results)
+    if not path.exists():
+        raise BenchError(f"results folder '{path}' does not exist; run 'bench run SUITE "
+                         f"--results {path}' first.")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # empty folder, no parquet files
+        raise BenchError(f"no result rows in '{path}' ({type(exc).__name__}); run a suite first.") from None
+    if suite:
+        df = df[df["suite"] == suite]
+        if df.empty:
+            raise BenchError(f"no rows for suite {suite!r} in '{path}'.")
+    return df
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")
+
+
+def render(results: str | Path, out: str | Path, suite: str | None = None,
+           fit_min_nfe: int = 0) -> list[Path]:
+    """Write ``out/<suite>.md`` and one PNG per (model, metric); return the written paths."""
+    from bench.registry import load_all
+    from bench.samplers import sampler_info
+
+    load_all()
+    df = load_results(results, suite)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for suite_name, sdf in df.groupby("suite", sort=True):
+        md = [f"# Report: {suite_name}", ""]
+        runs = sorted(sdf["run_id"].unique())
+        md += [f"{len(sdf)} result rows from run(s) {', '.join(runs)}; git {sdf['git_revision'].iloc[0]}"
+               f", torch {sdf['torch_version'].iloc[0]}, device {sdf['device'].iloc[0]}, "
+               f"code hash {sdf['code_hash'].iloc[0]}.", ""]
+        for (model, metric), g in sdf.groupby(["model", "metric"], sort=True):
+            md += [f"## {model} — {metric}", "",
+                   f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
+                   f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
+                   "mean [95% CI] over samples.", "", value_table(g), ""]
+            fits = slopes(g, fit_min_nfe)
+            rows = []
+            for _, f in fits.iterrows():
+                order = sampler_info(f["sampler_name"]).order if f["sampler_name"] else None
+                theory = f"{-order}" if (order and metric == "rmse") else "–"
+                rows.append([f["sampler"], f"{f['slope']:.2f}", theory,
+                             f"{f['nfe_min']}–{f['nfe_max']} ({f['points']} points)"])
+            md += ["Fitted slope of log " + metric + " against log counted NFE:", "",
+                   markdown_table(["sampler", "slope", "theory", "NFE range"], rows), ""]
+            png = nfe_plot(g, f"{suite_name}: {model}", metric,
+                           out / f"{_slug(suite_name)}_{_slug(model)}_{_slug(metric)}.png")
+            written.append(png)
+            md += [f"![{metric} vs NFE]({png.name})", "", "Cost:", "", cost_table(g), ""]
+        path = out / f"{_slug(suite_name)}.md"
+        path.write_text("\n".join(md))
+        written.insert(0, path)
+    return written
+
+
+__all__ = ["render", "load_results", "fmt"]

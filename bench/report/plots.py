@@ -1,0 +1,33 @@
+"""Log-log plots of a metric against counted NFE, one line per sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def nfe_plot(df: pd.DataFrame, title: str, ylabel: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for sampler, g in df.groupby("sampler", sort=True):
+        g = g.sort_values("nfe_counted")
+        y = g["value"].to_numpy(float)
+        err = [y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y]
+        ax.errorbar(g["nfe_counted"], y, yerr=err, marker="o", ms=4, capsize=3, label=str(sampler))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (counted)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

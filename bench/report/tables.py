@@ -1,0 +1,71 @@
+"""Markdown tables and convergence-slope fits from result rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def value_table(df: pd.DataFrame) -> str:
+    """Sampler x requested NFE: 'value [ci_low, ci_high]', with the counted NFE if it differs."""
+    nfes = sorted(df["nfe"].unique())
+    rows = []
+    for sampler, g in df.groupby("sampler", sort=True):
+        cells = []
+        for n in nfes:
+            r = g[g["nfe"] == n]
+            if r.empty:
+                cells.append("–")
+                continue
+            r = r.iloc[0]
+            txt = f"{fmt(r['value'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+            if int(r["nfe_counted"]) != int(n):
+                txt += f" (NFE {int(r['nfe_counted'])})"
+            cells.append(txt)
+        rows.append([str(sampler)] + cells)
+    return markdown_table(["sampler"] + [f"NFE {n}" for n in nfes], rows)
+
+
+def fit_slope(nfe: np.ndarray, value: np.ndarray) -> float:
+    """Least-squares slope of log(value) against log(NFE)."""
+    ok = (nfe > 0) & (value > 0) & np.isfinite(value)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(nfe[ok]), np.log(value[ok]), 1)[0])
+
+
+def slopes(df: pd.DataFrame, min_nfe: int = 0) -> pd.DataFrame:
+    """Per sampler: fitted slope of log value vs log counted NFE (NFE >= min_nfe)."""
+    out = []
+    for sampler, g in df.groupby("sampler", sort=True):
+        g = g[g["nfe_counted"] >= min_nfe].sort_values("nfe_counted")
+        out.append({"sampler": sampler, "sampler_name": g["sampler_name"].iloc[0] if len(g) else "",
+                    "slope": fit_slope(g["nfe_counted"].to_numpy(float), g["value"].to_numpy(float)),
+                    "nfe_min": int(g["nfe_counted"].min()) if len(g) else 0,
+                    "nfe_max": int(g["nfe_counted"].max()) if len(g) else 0, "points": len(g)})
+    return pd.DataFrame(out)
+
+
+def cost_table(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.sort_values(["sampler", "nfe"]).iterrows():
+        share = r["model_s"] / r["wall_s"] if r["wall_s"] else float("nan")
+        rows.append([str(r["sampler"]), str(int(r["nfe"])), str(int(r["nfe_counted"])),
+                     str(int(r["n_samples"])), fmt(r["wall_s"]), fmt(r["samples_per_s"]),
+                     f"{100 * share:.0f}%"])
+    return markdown_table(["sampler", "NFE", "counted NFE", "samples", "wall s", "samples/s",
+                           "time in model"], rows)
