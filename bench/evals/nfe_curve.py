@@ -8,6 +8,7 @@ other registered metric (``params: {metrics: [fid]}``).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -22,6 +23,19 @@ from bench.noise import NoiseSource
 from bench.registry import EVALS, METRICS, MODELS, SAMPLERS
 from bench.samplers.schedules import make_grid
 from bench.suite import Cell
+
+
+_LOADED: dict[str, tuple[Any, Any]] = {}
+
+
+def load_model(spec: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
+    """(adapter, denoiser) for a model spec, kept for the next cell of the same job."""
+    key = json.dumps([spec["name"], spec["params"], str(device)], sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model in memory at a time
+        adapter = MODELS.get(spec["name"])(**spec["params"])
+        _LOADED[key] = (adapter, adapter.load(device))
+    return _LOADED[key]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,15 +60,16 @@ class NFECurve(Eval):
     def run_shard(self, cell: Cell, cache_dir: Any = None) -> ShardResult:
         t_start = time.perf_counter()
         device = resolve_device(cell.device)
-        adapter = MODELS.get(cell.model["name"])(**cell.model["params"])
-        model = CountingDenoiser(adapter.load(device))
+        adapter, denoiser = load_model(cell.model, device)
+        model = CountingDenoiser(denoiser)
+        load_s = time.perf_counter() - t_start
         sigmas = make_grid(cell.sampler["grid"], model.schedule, cell.steps).to(device)
         sampler = SAMPLERS.get(cell.sampler["name"])
         ctx = MetricContext(adapter, device, cache_dir)
         metrics = [METRICS.get(m)(ctx) for m in self.metrics]
         nfe_counted: set[int] = set()
         calls: set[int] = set()
-        sample_s = model_s = 0.0
+        sample_s = model_s = metric_s = 0.0
         starts = range(cell.start, cell.stop, cell.batch_size)
         for b0 in tqdm(starts, desc=cell.label(), leave=False, disable=None):
             idx = np.arange(b0, min(b0 + cell.batch_size, cell.stop), dtype=np.int64)
@@ -70,8 +85,10 @@ class NFECurve(Eval):
             nfe_counted.add(model.nfe)
             calls.add(model.network_calls)
             batch = SampleBatch(idx, x, out, sigmas)
+            t1 = time.perf_counter()
             for m in metrics:
                 m.update(batch)
+            metric_s += time.perf_counter() - t1
         if len(nfe_counted) != 1:
             raise RuntimeError(f"counted NFE differs between batches: {sorted(nfe_counted)}")
         state: dict[str, np.ndarray] = {}
@@ -79,7 +96,8 @@ class NFECurve(Eval):
             state.update({f"{name}/{k}": v for k, v in m.state().items()})
         meta = {"nfe_counted": nfe_counted.pop(), "network_calls": max(calls),
                 "n_samples": cell.stop - cell.start, "wall_s": time.perf_counter() - t_start,
-                "sample_s": sample_s, "model_s": model_s, "device": device_name(device),
+                "sample_s": sample_s, "model_s": model_s, "load_s": load_s, "metric_s": metric_s,
+                "device": device_name(device),
                 "model_hash": adapter.describe().get("weights_hash", ""),
                 "sigma_start": float(sigmas[0]), "sigma_end": float(sigmas[-1])}
         return state, meta
@@ -93,7 +111,9 @@ class NFECurve(Eval):
         n = sum(m["n_samples"] for m in metas)
         common = {"nfe_counted": counted.pop(), "network_calls": max(m["network_calls"] for m in metas),
                   "n_samples": n, "wall_s": wall, "sample_s": sum(m["sample_s"] for m in metas),
-                  "model_s": sum(m["model_s"] for m in metas), "samples_per_s": n / wall if wall else
+                  "model_s": sum(m["model_s"] for m in metas),
+                  "load_s": sum(m["load_s"] for m in metas),
+                  "metric_s": sum(m["metric_s"] for m in metas), "samples_per_s": n / wall if wall else
                   float("nan"), "device": metas[0]["device"], "model_hash": metas[0]["model_hash"],
                   "sigma_start": metas[0]["sigma_start"], "sigma_end": metas[0]["sigma_end"]}
         rows = []

@@ -91,21 +91,27 @@ class GMMOracle(ModelAdapter):
 
     @staticmethod
     def _eig(covs: Any, k: int, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
-        c = _as_array(covs, "covs")
-        if c.shape[0] != k:
-            raise BenchError(f"gmm: field 'covs' has {c.shape[0]} entries for {k} means.")
-        if c.ndim == 1 or (c.ndim == 2 and c.shape[1] == dim):
-            lam = np.broadcast_to(c.reshape(k, -1), (k, dim)).copy()
-            q = None
-        elif c.ndim == 3 and c.shape[1:] == (dim, dim):
-            lam_q = [np.linalg.eigh(ci) for ci in c]
-            lam, q = np.stack([l for l, _ in lam_q]), np.stack([v for _, v in lam_q])
-        else:
-            raise BenchError(f"gmm: field 'covs' has shape {c.shape}; use [K], [K, {dim}] "
-                             f"(diagonals) or [K, {dim}, {dim}] (full matrices).")
+        """Per component a scalar, a diagonal (dim,) or a full (dim, dim) covariance."""
+        if not isinstance(covs, (list, tuple, np.ndarray)) or len(covs) != k:
+            raise BenchError(f"gmm: field 'covs' needs one entry per mean ({k}), got {covs!r}.")
+        lams, qs = [], []
+        for i, ci in enumerate(covs):
+            c = _as_array(ci, f"covs[{i}]")
+            if c.ndim <= 1 and c.size in (1, dim):
+                lams.append(np.broadcast_to(c.reshape(-1), (dim,)).copy())
+                qs.append(np.eye(dim))
+            elif c.shape == (dim, dim):
+                lam, q = np.linalg.eigh(c)
+                lams.append(lam)
+                qs.append(q)
+            else:
+                raise BenchError(f"gmm: field 'covs[{i}]' has shape {c.shape}; use a scalar, "
+                                 f"{dim} variances or a {dim}x{dim} matrix.")
+        lam = np.stack(lams)
         if (lam <= 0).any():
-            raise BenchError("gmm: field 'covs' must be positive definite.")
-        return lam, q
+            raise BenchError("gmm: field 'covs' must be positive definite (all variances > 0).")
+        full = any(np.asarray(c).ndim == 2 for c in covs)
+        return lam, (np.stack(qs) if full else None)
 
     # ------------------------------------------------------------------ adapter interface
     @property

@@ -92,7 +92,7 @@ class DiscreteVP(VPSchedule):
         self.t_eps = 1.0 / self.N
 
     def log_alpha(self, t: Tensor) -> Tensor:
-        return _interp(torch.as_tensor(t), self.t_array, self.log_alpha_array)
+        return _interp(torch.as_tensor(t, dtype=torch.float64), self.t_array, self.log_alpha_array)
 
     def inverse_lambda(self, lam: Tensor) -> Tensor:
         log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)

@@ -1,0 +1,48 @@
+"""Shared fixtures: small suites written to a temp folder, and the CLI run in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_suite(**over) -> dict:
+    """A fast version of the quickstart: 4 samplers x 2 NFE on a small full-covariance oracle."""
+    suite = {
+        "name": "tiny", "seed": 3, "samples": 24, "batch_size": 8, "nfe": [10, 20],
+        "nfe_rounding": "down",
+        "models": [{"name": "gmm", "label": "g", "params": {"shape": [1, 4, 4], "cov": "full",
+                                                         "var_min": 0.01}}],
+        "samplers": ["ddim", "euler", "heun", "dpm_solver_2"],
+        "evals": ["nfe_curve"],
+    }
+    suite.update(over)
+    return suite
+
+
+@pytest.fixture
+def write_suite(tmp_path: Path):
+    def write(data: dict | str, name: str = "suite.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+        return p
+
+    return write
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `bench ARGS` in-process; return (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
