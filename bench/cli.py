@@ -1,4 +1,4 @@
-"""Command line: bench run | report | list | plan."""
+"""Command line: bench run | plan | status | cancel | report | compare | list."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {e.name:16s} {e.description}")
             info = e.meta.get("info")
             if info is not None:
-                print(f"  {'':16s} evals/step {info.evals_per_step}, order {info.order}, "
+                print(f"  {'':16s} evals/step {info.evals_per_step}, order "
+                      f"{info.order_for(e.params()) or '–'}, "
                       f"default grid {info.grid}; {info.paper}")
             params = e.params()
             if params:
@@ -71,6 +72,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.dispatch import cell_states
+    from bench.store import ResultStore
+
+    store = ResultStore(args.results)
+    manifest = store.read_run(args.run)
+    states = cell_states(store, manifest)
+    counts = {s: sum(1 for r in states if r["state"] == s) for s in ("pending", "running", "done", "failed")}
+    print(f"run {manifest['run_id']} (suite {manifest['suite']}, executor {manifest['executor']}, "
+          f"{manifest.get('status', '?')}): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    for r in states:
+        print(f"  {r['state']:8s} {r['cell']}  {r['reason']}".rstrip())
+        if r.get("traceback"):
+            print("    " + r["traceback"].rstrip().replace("\n", "\n    "))
+    return 1 if counts["failed"] else 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from bench.dispatch import cancel_run
+    from bench.store import ResultStore
+
+    store = ResultStore(args.results)
+    cancelled = cancel_run(store, store.read_run(args.run))
+    print("cancelled: " + (", ".join(cancelled) if cancelled else "nothing was queued or running"))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare, load_rows, parse_tol
+
+    tols = {}
+    for t in args.tol:
+        metric, _, spec = t.partition("=")
+        if not spec:
+            raise BenchError(f"--tol {t!r}: write METRIC=abs:X, METRIC=rel:X or METRIC=ci.")
+        parse_tol(spec)
+        tols[metric] = spec
+    parse_tol(args.default_tol)
+    table, md = compare(load_rows(args.baseline, args.results), load_rows(args.current, args.results),
+                        tols, args.default_tol)
+    print(md)
+    return 1 if table["regressed"].any() else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Benchmark harness for diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,13 +140,35 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results", help="results folder")
     rep.add_argument("--out", default=None, help="output folder (default: reports/<suite>)")
     rep.add_argument("--suite", default=None, help="only this suite's rows")
-    rep.add_argument("--fit-min-nfe", type=int, default=0,
-                     help="fit convergence slopes only over counted NFE >= this")
+    rep.add_argument("--fit-min-nfe", type=int, default=None,
+                     help="fit convergence slopes only over counted NFE >= this "
+                          "(default: the suite's report.fit_min_nfe, else all)")
     rep.set_defaults(func=cmd_report)
+
+    st = sub.add_parser("status", help="pending / running / done / failed cells of a run")
+    st.add_argument("run", help="run id printed by 'bench run', or 'latest'")
+    st.add_argument("--results", default="results")
+    st.set_defaults(func=cmd_status)
+
+    ca = sub.add_parser("cancel", help="cancel a run's queued or running jobs")
+    ca.add_argument("run", help="run id, or 'latest'")
+    ca.add_argument("--results", default="results")
+    ca.set_defaults(func=cmd_cancel)
+
+    co = sub.add_parser("compare", help="compare two result sets; exit 1 on a regression")
+    co.add_argument("baseline", help="Parquet file/folder, or a run id in --results")
+    co.add_argument("current", help="Parquet file/folder, or a run id in --results")
+    co.add_argument("--results", default="results", help="where run ids are looked up")
+    co.add_argument("--tol", action="append", default=[], metavar="METRIC=abs:X|rel:X|ci",
+                    help="tolerance for one metric (repeatable)")
+    co.add_argument("--default-tol", default="rel:0.05", help="tolerance for other metrics")
+    co.set_defaults(func=cmd_compare)
 
     ls = sub.add_parser("list", help="list registered models, samplers, grids, evals, metrics")
     ls.add_argument("kind", nargs="?", choices=KINDS)
     ls.set_defaults(func=cmd_list)
+
+
     return p
 
 

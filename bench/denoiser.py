@@ -28,8 +28,12 @@ class CountingDenoiser:
     """Counts evaluations (NFE) and the wall time spent inside the model.
 
     ``nfe`` counts denoiser evaluations per sample, as papers count them: one call on a batch
-    is one evaluation for each sample in it. ``network_calls`` counts raw forward passes of
-    the underlying network (differs from ``nfe`` only for guidance that is not batched).
+    is one evaluation for each sample in it (a classifier-free guided evaluation counts once).
+    ``network_calls`` counts raw forward passes of the underlying network since the last
+    ``reset()`` (differs from ``nfe`` only for guidance that is not batched; see
+    ``bench.guidance``). Other attributes (``sample_data``, ``cache_key``, ``parameterisation``)
+    are those of the wrapped denoiser; ``uncounted`` is the wrapped denoiser itself, for
+    precomputations that are not part of sampling (e.g. Analytic-DPM's Gamma estimate).
     """
 
     def __init__(self, inner: Denoiser) -> None:
@@ -37,10 +41,25 @@ class CountingDenoiser:
         self.schedule = inner.schedule
         self.nfe = 0
         self.model_s = 0.0
+        self._calls0 = self._inner_calls()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def uncounted(self) -> Denoiser:
+        return self.inner
+
+    def _inner_calls(self) -> int | None:
+        calls = getattr(self.inner, "network_calls", None)
+        return None if calls is None else int(calls)
 
     @property
     def network_calls(self) -> int:
-        return int(getattr(self.inner, "network_calls", self.nfe))
+        calls = self._inner_calls()
+        return self.nfe if calls is None else calls - (self._calls0 or 0)
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor:
         sync = x.device.type == "cuda"
@@ -59,3 +78,4 @@ class CountingDenoiser:
 
     def reset(self) -> None:
         self.nfe, self.model_s = 0, 0.0
+        self._calls0 = self._inner_calls()

@@ -26,7 +26,7 @@ from bench.registry import EVALS
 from bench.samplers.schedules import make_grid  # noqa: F401  (keeps grids registered)
 from bench.store import ResultStore
 from bench.suite import Cell, Suite, code_hash, plan
-from bench.worker import run_cells
+from bench.worker import CellRunner
 
 EXECUTORS = ("debug", "local", "slurm")
 SLURM_KEYS = {"partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
@@ -103,7 +103,18 @@ def _wait(jobs: list[Any], chunks: list[list[Cell]], store: ResultStore, debug: 
                 statuses.extend(job.result())
                 bar.update(sum(1 for k in keys if store.has_shard(k) or store.read_failure(k)) - bar.n)
         else:
-            while not all(j.done() for j in jobs):
+            last_check = 0.0
+            while True:
+                # submitit's Slurm watcher backs off to minutes between sacct calls; refresh
+                # every few seconds (one forced call refreshes the cached state of all jobs)
+                force = time.time() - last_check > 3.0
+                if force:
+                    last_check = time.time()
+                undone = [j for j in jobs if not j.done()]
+                if undone and force:
+                    undone = [j for j in undone if not j.done(force_check=j is undone[0])]
+                if not undone:
+                    break
                 bar.update(sum(1 for k in keys if store.has_shard(k)) - bar.n)
                 time.sleep(0.5)
             for job, chunk in zip(jobs, chunks):
@@ -129,13 +140,23 @@ def _wait(jobs: list[Any], chunks: list[list[Cell]], store: ResultStore, debug: 
     return statuses
 
 
+def _job_count(name: str, params: dict[str, Any], jobs: int | None, pending: int) -> int:
+    if jobs:
+        return jobs
+    if params.get("jobs"):
+        return int(params["jobs"])
+    if name == "local":
+        return min(pending, os.cpu_count() or 1)
+    return pending  # debug: one job per shard; slurm: one array task per shard
+
+
 def run_suite(suite: Suite, results: str | Path, executor: str | None = None,
               executor_params: dict[str, Any] | None = None, jobs: int | None = None) -> RunSummary:
     """Plan, compute the missing shards, finalize complete groups, write a run manifest."""
     t0 = time.perf_counter()
     params = {**suite["executor"], **(executor_params or {})}
-    name = executor or params.pop("name", None) or "debug"
-    params.pop("name", None)
+    name = executor or params.get("name") or "debug"
+    params = {k: v for k, v in params.items() if k != "name"}
     if name not in EXECUTORS:
         raise BenchError(f"executor: unknown executor {name!r}; use one of {', '.join(EXECUTORS)}.")
     cells = plan(suite)
@@ -144,26 +165,102 @@ def run_suite(suite: Suite, results: str | Path, executor: str | None = None,
     summary = RunSummary(run_id, len(cells))
     pending = [c for c in cells if not store.has_shard(c.key)]
     summary.cached = len(cells) - len(pending)
+    manifest: dict[str, Any] = {
+        "run_id": run_id, "suite": suite.name, "source": suite.source, "executor": name,
+        "executor_params": params, "code_hash": code_hash(), "status": "running",
+        "report": suite["report"],
+        "jobs_folder": str((store.jobs / run_id).resolve()), "jobs": [],
+        "cells": [{"key": c.key, "group": c.group, "cell": c.label()} for c in cells]}
     if pending:
-        n_jobs = jobs or int(params.pop("jobs", 0) or 0) or (
-            len(pending) if name == "debug" else min(len(pending), os.cpu_count() or 1))
-        params.pop("jobs", None)
-        chunks = pack(pending, n_jobs)
-        threads = max(1, (os.cpu_count() or 1) // len(chunks)) if name == "local" else None
-        ex = make_executor(name, store.jobs / run_id, params)
+        chunks = pack(pending, _job_count(name, params, jobs, len(pending)))
+        threads = params.get("cpus_per_task") or (
+            max(1, (os.cpu_count() or 1) // len(chunks)) if name == "local" else None)
+        ex = make_executor(name, store.jobs / run_id, {k: v for k, v in params.items() if k != "jobs"})
         root = str(Path(results).resolve())
-        submitted = ex.map_array(run_cells, chunks, [root] * len(chunks), [threads] * len(chunks))
-        statuses = _wait(submitted, chunks, store, debug=name == "debug")
+        submitted = ex.map_array(CellRunner(), chunks, [root] * len(chunks), [threads] * len(chunks))
+        manifest["jobs"] = [{"job_id": str(j.job_id), "keys": [c.key for c in chunk]}
+                            for j, chunk in zip(submitted, chunks)]
+        store.write_run(run_id, manifest)  # now `bench status` / `bench cancel` can find the jobs
+        try:
+            statuses = _wait(submitted, chunks, store, debug=name == "debug")
+        except KeyboardInterrupt:
+            store.write_run(run_id, {**manifest, "status": "interrupted"})
+            raise
         summary.computed = sum(1 for s in statuses if s["status"] == "done" and not s.get("cached"))
         summary.failed = [s for s in statuses if s["status"] == "failed"]
     summary.finalized = finalize(suite, cells, store, run_id, name)
     summary.wall_s = time.perf_counter() - t0
-    store.write_run(run_id, {
-        "run_id": run_id, "suite": suite.name, "source": suite.source, "executor": name,
-        "summary": summary.__dict__, "code_hash": code_hash(),
-        "cells": [{"key": c.key, "group": c.group, "cell": c.label(),
-                   "status": "done" if store.has_shard(c.key) else "failed"} for c in cells]})
+    store.write_run(run_id, {**manifest, "status": "finished", "summary": summary.__dict__})
     return summary
+
+
+# ------------------------------------------------------------------------ status / cancel
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cell_states(store: ResultStore, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """pending / running / done / failed for each shard of a run, with reasons."""
+    import socket
+
+    host = socket.gethostname()
+    out = []
+    for c in manifest["cells"]:
+        row = {"cell": c["cell"], "key": c["key"], "state": "pending", "reason": ""}
+        failure = store.read_failure(c["key"])
+        running = store.read_running(c["key"])
+        if store.has_shard(c["key"]):
+            row["state"] = "done"
+        elif running and (running.get("host") != host or _alive(int(running.get("pid", 0)))):
+            row["state"] = "running"
+            where = f"slurm job {running['slurm_job_id']}" if running.get("slurm_job_id") else \
+                f"pid {running.get('pid')}"
+            row["reason"] = f"on {running.get('host')} ({where})"
+            if "next_index" in running:
+                row["reason"] += f", at sample {running['next_index']}"
+            partial = store.read_partial(c["key"])
+            if partial:
+                row["reason"] += f", resumed from sample {partial[0]}"
+        elif failure:
+            row["state"] = "failed"
+            row["reason"] = failure.get("error", "")
+            row["traceback"] = failure.get("traceback", "")
+        elif store.read_partial(c["key"]):
+            row["reason"] = f"interrupted at sample {store.read_partial(c['key'])[0]}; rerun resumes"
+        out.append(row)
+    return out
+
+
+def cancel_run(store: ResultStore, manifest: dict[str, Any]) -> list[str]:
+    """Cancel the run's queued or running jobs; return what was cancelled."""
+    import signal
+
+    done = []
+    name = manifest["executor"]
+    for job in manifest.get("jobs", []):
+        if all(store.has_shard(k) for k in job["keys"]):
+            continue
+        jid = job["job_id"]
+        if name == "slurm":
+            import subprocess
+
+            subprocess.run(["scancel", jid], check=False)  # an array task id (123_4) or a job id
+            done.append(f"slurm job {jid}")
+        elif name == "local":
+            if _alive(int(jid)):
+                os.kill(int(jid), signal.SIGTERM)  # submitit's controller forwards it to its task
+                done.append(f"local job {jid}")
+    for key in (k for job in manifest.get("jobs", []) for k in job["keys"]):
+        if not store.has_shard(key):
+            store.running_path(key).unlink(missing_ok=True)
+    store.write_run(manifest["run_id"], {**manifest, "status": "cancelled"})
+    return done
 
 
 def finalize(suite: Suite, cells: list[Cell], store: ResultStore, run_id: str, executor: str) -> int:

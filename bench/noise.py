@@ -32,8 +32,10 @@ class NoiseSource:
 
     def randn(self, shape: Sequence[int]) -> Tensor:
         """A [batch, *shape] standard normal draw, one row per sample stream."""
-        rows = [torch.randn(tuple(shape), generator=g, dtype=torch.float64) for g in self.generators]
-        return torch.stack(rows).to(device=self.device, dtype=self.dtype)
+        out = torch.empty((len(self.generators), *shape), dtype=torch.float64)
+        for row, g in zip(out, self.generators):
+            torch.randn(tuple(shape), generator=g, dtype=torch.float64, out=row)
+        return out.to(device=self.device, dtype=self.dtype)
 
     def randn_like(self, x: Tensor) -> Tensor:
         if x.shape[0] != len(self.generators):

@@ -2,6 +2,11 @@
 
 A shard that raises records its traceback (``_failed/<key>.json``) and the job goes on with the
 next one; nothing raises out of here, so no executor drops into a debugger or loses the rest.
+
+Preemption and time limits (Slurm's signal, relayed by submitit as USR2): ``CellRunner`` is
+submitit-checkpointable; its ``checkpoint`` saves the interrupted shard's folded state of the
+finished batches and the next sample index to ``_partial/<key>.npz`` and requeues the same call.
+The requeued job skips finished shards and resumes the interrupted one from there.
 """
 
 from __future__ import annotations
@@ -10,15 +15,78 @@ import os
 import socket
 import time
 import traceback
-from pathlib import Path
 from typing import Any
+
+import submitit
 
 from bench.registry import EVALS, load_all
 from bench.store import ResultStore
 from bench.suite import Cell
 
 
-def run_cells(cells: list[Cell], results_dir: str, threads: int | None = None) -> list[dict[str, Any]]:
+class Progress:
+    """The latest consistent snapshot of the shard being computed."""
+
+    def __init__(self, store: ResultStore, key: str, marker: dict[str, Any] | None = None) -> None:
+        self.store, self.key, self.marker = store, key, marker
+        self.snapshot: tuple[int, dict, dict] | None = None
+        self._marked = 0.0
+
+    def resume(self) -> tuple[int, dict, dict] | None:
+        saved = self.store.read_partial(self.key)
+        if saved is None:
+            return None
+        next_index, flat, meta = saved
+        state: dict[str, dict] = {}
+        for k, v in flat.items():
+            name, field = k.split("/", 1)
+            state.setdefault(name, {})[field] = v
+        return next_index, state, meta
+
+    def update(self, next_index: int, state: dict[str, dict], meta: dict[str, Any]) -> None:
+        self.snapshot = (next_index, state, meta)
+        if self.marker is not None and time.time() - self._marked > 0.5:  # for `bench status`
+            self._marked = time.time()
+            self.store.mark_running(self.key, {**self.marker, "next_index": next_index})
+
+    def save(self) -> None:
+        snap = self.snapshot
+        if snap is not None:
+            next_index, state, meta = snap
+            flat = {f"{name}/{k}": v for name, st in state.items() for k, v in st.items()}
+            self.store.write_partial(self.key, next_index, flat, meta)
+
+
+def _run_one(cell: Cell, store: ResultStore, runner: "CellRunner | None") -> dict[str, Any]:
+    if store.has_shard(cell.key):
+        return {"key": cell.key, "status": "done", "cached": True}
+    t0 = time.time()
+    marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": t0, "cell": cell.label(),
+              "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
+    store.mark_running(cell.key, marker)
+    progress = Progress(store, cell.key, marker)
+    if runner is not None:
+        runner.active = progress
+    try:
+        ev = EVALS.get(cell.eval["name"])(**cell.eval["params"])
+        state, meta = ev.run_shard(cell, cache_dir=store.cache, progress=progress)
+        meta.update(host=socket.gethostname(), pid=os.getpid(),
+                    slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
+        store.write_shard(cell.key, state, meta)
+        return {"key": cell.key, "status": "done", "cached": False}
+    except Exception as exc:  # recorded, not raised: the other shards go on
+        info = {"key": cell.key, "cell": cell.label(), "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(), "elapsed_s": time.time() - t0,
+                "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
+        store.write_failure(cell.key, info)
+        return {"key": cell.key, "status": "failed", "error": info["error"]}
+    finally:
+        if runner is not None:
+            runner.active = None
+
+
+def run_cells(cells: list[Cell], results_dir: str, threads: int | None = None,
+              runner: "CellRunner | None" = None) -> list[dict[str, Any]]:
     """Run every shard not already stored; return one status dict per shard."""
     if threads:
         import torch
@@ -26,26 +94,23 @@ def run_cells(cells: list[Cell], results_dir: str, threads: int | None = None) -
         torch.set_num_threads(int(threads))
     load_all()
     store = ResultStore(results_dir)
-    statuses = []
-    for cell in cells:
-        if store.has_shard(cell.key):
-            statuses.append({"key": cell.key, "status": "done", "cached": True})
-            continue
-        t0 = time.time()
-        try:
-            ev = EVALS.get(cell.eval["name"])(**cell.eval["params"])
-            state, meta = ev.run_shard(cell, cache_dir=store.cache)
-            meta.update(host=socket.gethostname(), pid=os.getpid(),
-                        slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
-            store.write_shard(cell.key, state, meta)
-            statuses.append({"key": cell.key, "status": "done", "cached": False})
-        except Exception as exc:  # recorded, not raised: the other shards go on
-            info = {"key": cell.key, "cell": cell.label(), "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(), "elapsed_s": time.time() - t0}
-            store.write_failure(cell.key, info)
-            statuses.append({"key": cell.key, "status": "failed", "error": info["error"]})
-    return statuses
+    return [_run_one(cell, store, runner) for cell in cells]
 
 
-def results_dir_of(path: str | Path) -> str:
-    return str(Path(path).resolve())
+class CellRunner(submitit.helpers.Checkpointable):
+    """The job callable: run_cells, checkpointed and requeued on preemption / time limit."""
+
+    def __init__(self) -> None:
+        self.active: Progress | None = None
+
+    def __call__(self, cells: list[Cell], results_dir: str,
+                 threads: int | None = None) -> list[dict[str, Any]]:
+        return run_cells(cells, results_dir, threads, runner=self)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        if self.active is not None:
+            self.active.save()
+        return submitit.helpers.DelayedSubmission(CellRunner(), *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"active": None}  # progress lives on disk, not in the pickle

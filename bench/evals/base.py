@@ -17,8 +17,12 @@ class Eval(ABC):
         self.params = params
 
     @abstractmethod
-    def run_shard(self, cell: Cell, cache_dir: Any = None) -> ShardResult:
-        """Compute one shard's mergeable state and meta (timings, counted NFE)."""
+    def run_shard(self, cell: Cell, cache_dir: Any = None, progress: Any = None) -> ShardResult:
+        """Compute one shard's mergeable state and meta (timings, counted NFE).
+
+        ``progress`` (a ``bench.worker.Progress``) is given the folded state after every batch
+        and hands back a saved one on resume, so preemption loses no finished batch.
+        """
 
     @abstractmethod
     def finalize(self, cells: list[Cell], shards: list[ShardResult]) -> list[dict[str, Any]]:

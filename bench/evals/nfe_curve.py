@@ -57,20 +57,24 @@ class NFECurve(Eval):
         super().__init__(metrics=list(metrics))
         self.metrics = [m if isinstance(m, str) else m["name"] for m in metrics]
 
-    def run_shard(self, cell: Cell, cache_dir: Any = None) -> ShardResult:
+    def run_shard(self, cell: Cell, cache_dir: Any = None, progress: Any = None) -> ShardResult:
         t_start = time.perf_counter()
         device = resolve_device(cell.device)
         adapter, denoiser = load_model(cell.model, device)
         model = CountingDenoiser(denoiser)
-        load_s = time.perf_counter() - t_start
         sigmas = make_grid(cell.sampler["grid"], model.schedule, cell.steps).to(device)
         sampler = SAMPLERS.get(cell.sampler["name"])
         ctx = MetricContext(adapter, device, cache_dir)
-        metrics = [METRICS.get(m)(ctx) for m in self.metrics]
-        nfe_counted: set[int] = set()
-        calls: set[int] = set()
-        sample_s = model_s = metric_s = 0.0
-        starts = range(cell.start, cell.stop, cell.batch_size)
+        metrics = {name: METRICS.get(name)(ctx) for name in self.metrics}
+        # Resume from an interrupted attempt: folded state of the finished batches.
+        saved = progress.resume() if progress is not None else None
+        start, acc, meta = saved if saved else (cell.start, None, {
+            "nfe_counted": None, "network_calls": 0, "sample_s": 0.0, "model_s": 0.0,
+            "metric_s": 0.0, "load_s": 0.0, "wall_s": 0.0, "attempts": 0})
+        meta = {**meta, "load_s": meta["load_s"] + time.perf_counter() - t_start,
+                "attempts": meta["attempts"] + 1}
+        wall_before = meta["wall_s"]
+        starts = range(start, cell.stop, cell.batch_size)
         for b0 in tqdm(starts, desc=cell.label(), leave=False, disable=None):
             idx = np.arange(b0, min(b0 + cell.batch_size, cell.stop), dtype=np.int64)
             noise = NoiseSource(cell.seed, idx, device, adapter.dtype)
@@ -80,26 +84,31 @@ class NFECurve(Eval):
             out = sampler(model, x, sigmas, noise=noise, **cell.sampler["params"])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            sample_s += time.perf_counter() - t0
-            model_s += model.model_s
-            nfe_counted.add(model.nfe)
-            calls.add(model.network_calls)
-            batch = SampleBatch(idx, x, out, sigmas)
             t1 = time.perf_counter()
-            for m in metrics:
+            if meta["nfe_counted"] not in (None, model.nfe):
+                raise RuntimeError(f"counted NFE differs between batches: {meta['nfe_counted']} "
+                                   f"vs {model.nfe}")
+            batch = SampleBatch(idx, x, out, sigmas)
+            states = {}
+            for name, m in metrics.items():
                 m.update(batch)
-            metric_s += time.perf_counter() - t1
-        if len(nfe_counted) != 1:
-            raise RuntimeError(f"counted NFE differs between batches: {sorted(nfe_counted)}")
-        state: dict[str, np.ndarray] = {}
-        for name, m in zip(self.metrics, metrics):
-            state.update({f"{name}/{k}": v for k, v in m.state().items()})
-        meta = {"nfe_counted": nfe_counted.pop(), "network_calls": max(calls),
-                "n_samples": cell.stop - cell.start, "wall_s": time.perf_counter() - t_start,
-                "sample_s": sample_s, "model_s": model_s, "load_s": load_s, "metric_s": metric_s,
-                "device": device_name(device),
-                "model_hash": adapter.describe().get("weights_hash", ""),
-                "sigma_start": float(sigmas[0]), "sigma_end": float(sigmas[-1])}
+                states[name] = m.state()
+                m.reset()
+            acc = states if acc is None else {
+                name: METRICS.get(name).merge([acc[name], states[name]]) for name in states}
+            now = time.perf_counter()
+            meta = {**meta, "nfe_counted": model.nfe,
+                    "network_calls": max(meta["network_calls"], model.network_calls),
+                    "sample_s": meta["sample_s"] + t1 - t0, "model_s": meta["model_s"] + model.model_s,
+                    "metric_s": meta["metric_s"] + now - t1, "wall_s": wall_before + now - t_start}
+            if progress is not None:
+                progress.update(int(idx[-1]) + 1, acc, meta)  # one assignment: consistent snapshot
+        if acc is None or meta["nfe_counted"] is None:
+            raise RuntimeError(f"shard {cell.label()} has no samples")
+        state = {f"{name}/{k}": v for name, st in acc.items() for k, v in st.items()}
+        meta.update({"n_samples": cell.stop - cell.start, "device": device_name(device),
+                     "model_hash": adapter.describe().get("weights_hash", ""),
+                     "sigma_start": float(sigmas[0]), "sigma_end": float(sigmas[-1])})
         return state, meta
 
     def finalize(self, cells: list[Cell], shards: list[ShardResult]) -> list[dict[str, Any]]:

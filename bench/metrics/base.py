@@ -33,10 +33,19 @@ class MetricContext:
     adapter: ModelAdapter
     device: torch.device
     cache_dir: Path | None = None
+    #: the metric's own parameters (suite: ``metrics: [{name: fid, params: {ref: ...}}]``)
+    params: dict[str, Any] | None = None
 
 
 class Metric(ABC):
-    """update() on batches -> state() arrays that merge() across shards -> compute()."""
+    """update() on batches -> state() arrays that merge() across shards -> compute().
+
+    The harness calls ``update(batch); state(); reset()`` once per batch and folds the
+    per-batch states left to right with ``merge``, so a shard interrupted after any batch
+    resumes to bitwise the same result. ``merge`` must therefore be a left fold:
+    ``merge([merge(states[:k]), *states[k:]]) == merge(states)`` bitwise, and it must not
+    modify its inputs.
+    """
 
     def __init__(self, ctx: MetricContext) -> None:
         self.ctx = ctx
@@ -45,7 +54,12 @@ class Metric(ABC):
     def update(self, batch: SampleBatch) -> None: ...
 
     @abstractmethod
-    def state(self) -> dict[str, np.ndarray]: ...
+    def state(self) -> dict[str, np.ndarray]:
+        """The state accumulated since construction or the last reset()."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Drop the accumulated state, keep loaded resources (feature extractors)."""
 
     @staticmethod
     @abstractmethod

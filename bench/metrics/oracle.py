@@ -20,6 +20,9 @@ class OracleRMSE(Metric):
         if not ctx.adapter.is_oracle:
             raise ValueError(f"oracle_rmse needs an oracle model (e.g. gmm), not "
                              f"{type(ctx.adapter).__name__}; use a sample-quality metric instead")
+        self.reset()
+
+    def reset(self) -> None:
         self.index: list[np.ndarray] = []
         self.rmse: list[np.ndarray] = []
 

@@ -11,6 +11,13 @@ eq. 4; equivalently Song et al. 2021's PF-ODE in VP time):
 * one component: ``x(s_b) = mu + (Sigma + s_b^2)^{1/2} (Sigma + s_a^2)^{-1/2} (x(s_a) - mu)``,
   i.e. in VP terms ``x_0 = mu + Sigma^{1/2} C_T^{-1/2} (x_T - alpha_T mu)``;
 * a mixture: an adaptive DOP853 solve per sample (rtol, atol <= 1e-9), cached by the caller.
+
+Class-conditional oracle: ``cond = k`` (an int, or a per-sample LongTensor with -1 for
+"unconditional") selects component k, whose exact denoiser is that component's posterior mean.
+``guidance: {scale: w, cond: k}`` wraps the denoiser in classifier-free guidance
+(``bench.guidance``); the ground truth is then the guided PF-ODE
+``dx/ds = v_u + w (v_k - v_u)``. ``parameterisation: consistency`` turns the oracle into an
+exact consistency model ``f(x, s) = ODE solution from s to consistency_sigma_min``.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ class GMMOracle(ModelAdapter):
                  components: int = 1, cov: str = "diag", var_min: float = 0.05,
                  var_max: float = 1.0, mean_std: float = 1.0, seed: int = 0,
                  weights: list | None = None, means: list | None = None, covs: list | None = None,
-                 truth_rtol: float = 1e-10) -> None:
+                 truth_rtol: float = 1e-10, parameterisation: str = "x0",
+                 consistency_sigma_min: float = 0.0, guidance: dict | None = None) -> None:
         self.shape = tuple(int(d) for d in shape)
         if not self.shape or any(d <= 0 for d in self.shape):
             raise BenchError(f"gmm: field 'shape' must be positive sizes, got {list(shape)}.")
@@ -80,6 +88,20 @@ class GMMOracle(ModelAdapter):
         if w.shape != (k,) or (w <= 0).any():
             raise BenchError(f"gmm: field 'weights' needs {k} positive numbers, got {weights!r}.")
         self.params = {"shape": list(self.shape), "schedule": schedule, "components": k}
+        if parameterisation not in ("x0", "consistency"):
+            raise BenchError(f"gmm: field 'parameterisation' is {parameterisation!r}; use 'x0' "
+                             f"(denoiser) or 'consistency' (exact consistency function).")
+        if consistency_sigma_min < 0:
+            raise BenchError(f"gmm: field 'consistency_sigma_min' is {consistency_sigma_min}; "
+                             f"use a value >= 0 (e.g. 0.002 as in Song et al. 2023).")
+        self.parameterisation = parameterisation
+        self.consistency_sigma_min = float(consistency_sigma_min)
+        if parameterisation != "x0":
+            self.params.update(parameterisation=parameterisation,
+                               consistency_sigma_min=self.consistency_sigma_min)
+        self.guidance = None if guidance is None else self._check_guidance(guidance, k)
+        if self.guidance is not None:
+            self.params["guidance"] = self.guidance
         self.w = torch.from_numpy(w / w.sum())
         self.mu = torch.from_numpy(mu)
         self.lam = torch.from_numpy(lam)
@@ -113,6 +135,17 @@ class GMMOracle(ModelAdapter):
         full = any(np.asarray(c).ndim == 2 for c in covs)
         return lam, (np.stack(qs) if full else None)
 
+    @staticmethod
+    def _check_guidance(g: Any, k: int) -> dict[str, Any]:
+        if not isinstance(g, dict) or set(g) - {"scale", "cond", "batched"} or "scale" not in g:
+            raise BenchError(f"gmm: field 'guidance' is {g!r}; write 'guidance: {{scale: 2.0, "
+                             f"cond: 0, batched: true}}' (cond = component index).")
+        cond = g.get("cond", 0)
+        if isinstance(cond, bool) or not isinstance(cond, int) or not 0 <= cond < k:
+            raise BenchError(f"gmm: field 'guidance.cond' is {cond!r}; use a component index "
+                             f"0..{k - 1}.")
+        return {"scale": float(g["scale"]), "cond": cond, "batched": bool(g.get("batched", True))}
+
     # ------------------------------------------------------------------ adapter interface
     @property
     def dtype(self) -> torch.dtype:
@@ -129,8 +162,27 @@ class GMMOracle(ModelAdapter):
     def describe(self) -> dict[str, Any]:
         return {"type": "gmm", **self.params, "weights_hash": self.weights_hash}
 
-    def load(self, device: torch.device | str = "cpu") -> "GMMDenoiser":
-        return GMMDenoiser(self, torch.device(device))
+    def load(self, device: torch.device | str = "cpu") -> Any:
+        den = GMMDenoiser(self, torch.device(device))
+        if self.guidance is None:
+            return den
+        from bench.guidance import GuidedDenoiser
+
+        g = self.guidance
+        return GuidedDenoiser(den, scale=g["scale"], cond=g["cond"], uncond=-1, batched=g["batched"])
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None,
+                    cond: int | None = None) -> Tensor:
+        """n float64 samples of the data distribution (of component ``cond`` if given)."""
+        if cond is None:
+            comp = torch.multinomial(self.w, n, replacement=True, generator=generator)
+        else:
+            comp = torch.full((n,), int(cond), dtype=torch.long)
+        z = torch.randn((n, self.mu.shape[1]), generator=generator, dtype=torch.float64)
+        z = z * self.lam[comp].sqrt()
+        if self.U is not None:
+            z = torch.einsum("nij,nj->ni", self.U[comp], z)
+        return (self.mu[comp] + z).reshape(n, *self.shape)
 
     def decode(self, x0: Tensor) -> Tensor:
         return ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -138,24 +190,35 @@ class GMMOracle(ModelAdapter):
     # --------------------------------------------------------------------- ground truth
     def ode_solution(self, x: Tensor, s_start: float, s_end: float) -> Tensor:
         flat = x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1)
+        g = self.guidance
         if len(self.w) == 1:
             out = self._closed_form(flat, s_start, s_end)
+        elif g is not None and g["scale"] == 1.0:
+            out = self._closed_form(flat, s_start, s_end, g["cond"])
         else:
             out = torch.stack([self._adaptive(row, s_start, s_end) for row in flat])
         return out.reshape(x.shape).to(x.device, x.dtype)
 
-    def _closed_form(self, x: Tensor, s_a: float, s_b: float) -> Tensor:
-        mu, lam = self.mu[0], self.lam[0]
+    def _closed_form(self, x: Tensor, s_a: float | Tensor, s_b: float, k: int = 0) -> Tensor:
+        """Component k's flow map; ``s_a`` may be a per-row tensor."""
+        mu, lam = self.mu[k], self.lam[k]
+        s_a = torch.as_tensor(s_a, dtype=torch.float64)
+        s_a = s_a[:, None] if s_a.ndim == 1 else s_a
         diff = x - mu
-        z = diff if self.U is None else matmul_rows(diff, self.U[0])
+        z = diff if self.U is None else matmul_rows(diff, self.U[k])
         z = z * torch.sqrt((lam + s_b**2) / (lam + s_a**2))
-        return mu + (z if self.U is None else matmul_rows(z, self.U[0].T))
+        return mu + (z if self.U is None else matmul_rows(z, self.U[k].T))
 
     def _adaptive(self, row: Tensor, s_a: float, s_b: float) -> Tensor:
         from scipy.integrate import solve_ivp
 
+        g = self.guidance
+
         def rhs(s: float, y: np.ndarray) -> np.ndarray:
-            v = velocity(self, torch.from_numpy(y)[None], torch.tensor([s], dtype=torch.float64))
+            yy, ss = torch.from_numpy(y)[None], torch.tensor([s], dtype=torch.float64)
+            v = velocity(self, yy, ss)
+            if g is not None:  # classifier-free guided field v_u + w (v_k - v_u)
+                v = v + g["scale"] * (velocity(self, yy, ss, g["cond"]) - v)
             return v[0].numpy()
 
         sol = solve_ivp(rhs, (s_a, s_b), row.numpy(), method="DOP853", rtol=self.truth_rtol,
@@ -182,10 +245,10 @@ def matmul_rows(x: Tensor, m: Tensor) -> Tensor:
     return torch.cat([x[i : i + BLOCK] @ m for i in range(0, x.shape[0], BLOCK)])[:n]
 
 
-def _components(gmm: Any, x: Tensor, s: Tensor):
+def _components(gmm: Any, x: Tensor, s: Tensor, only: int | None = None):
     """Per component: responsibilities' log-weights, whitened residual z/c and lam/c."""
     s2 = (s.to(torch.float64) ** 2)[:, None]
-    for k in range(len(gmm.w)):
+    for k in range(len(gmm.w)) if only is None else (only,):
         diff = x - gmm.mu[k]
         z = diff if gmm.U is None else matmul_rows(diff, gmm.U[k])
         c = gmm.lam[k] + s2
@@ -193,10 +256,12 @@ def _components(gmm: Any, x: Tensor, s: Tensor):
         yield k, logp, z, c
 
 
-def _mix(gmm: Any, x: Tensor, s: Tensor, term, add_mean: bool = False) -> Tensor:
-    """sum_k r_k (U_k term_k + [mu_k]), with term_k given in component k's eigenbasis."""
+def _mix(gmm: Any, x: Tensor, s: Tensor, term, add_mean: bool = False,
+         only: int | None = None) -> Tensor:
+    """sum_k r_k (U_k term_k + [mu_k]), with term_k given in component k's eigenbasis
+    (component ``only`` alone if given: the class-conditional quantity)."""
     logps, terms = [], []
-    for k, logp, z, c in _components(gmm, x, s):
+    for k, logp, z, c in _components(gmm, x, s, only):
         logps.append(logp)
         t = term(z, c, gmm.lam[k])
         t = t if gmm.U is None else matmul_rows(t, gmm.U[k].T)
@@ -210,9 +275,9 @@ def _mix(gmm: Any, x: Tensor, s: Tensor, term, add_mean: bool = False) -> Tensor
     return out
 
 
-def velocity(gmm: GMMOracle, x: Tensor, s: Tensor) -> Tensor:
+def velocity(gmm: GMMOracle, x: Tensor, s: Tensor, only: int | None = None) -> Tensor:
     """PF-ODE velocity dx/ds = (x - D)/s = s * sum_k r_k (Sigma_k + s^2)^{-1} (x - mu_k)."""
-    return s[:, None] * _mix(gmm, x, s, lambda z, c, lam: z / c)
+    return s[:, None] * _mix(gmm, x, s, lambda z, c, lam: z / c, only=only)
 
 
 class GMMDenoiser:
@@ -221,11 +286,54 @@ class GMMDenoiser:
     def __init__(self, gmm: GMMOracle, device: torch.device) -> None:
         self.gmm, self.device = gmm, device
         self.schedule = gmm.schedule
+        self.parameterisation = gmm.parameterisation
+        self.consistency_sigma_min = gmm.consistency_sigma_min
+        self.cache_key = f"gmm:{gmm.weights_hash}"
         for name in ("w", "mu", "lam", "U"):
             t = getattr(gmm, name)
             setattr(self, name, None if t is None else t.to(device))
 
+    def sample_data(self, n: int, generator: torch.Generator | None = None,
+                    cond: int | None = None) -> Tensor:
+        """Data samples (float64, on this denoiser's device); see GMMOracle.sample_data."""
+        return self.gmm.sample_data(n, generator, cond).to(self.device)
+
+    def _denoise(self, flat: Tensor, sigma: Tensor, only: int | None) -> Tensor:
+        if self.parameterisation == "consistency":
+            return self._consistency(flat, sigma, only)
+        return _mix(self, flat, sigma, lambda z, c, lam: lam / c * z, add_mean=True, only=only)
+
+    def _consistency(self, flat: Tensor, sigma: Tensor, only: int | None) -> Tensor:
+        """f(x, s): the exact PF-ODE flow from s to consistency_sigma_min (identity below it)."""
+        eps = self.consistency_sigma_min
+        s = torch.clamp(sigma.to(torch.float64), min=eps)
+        if len(self.w) == 1 or only is not None:
+            return self.gmm._closed_form(flat.cpu(), s.cpu(), eps, only or 0).to(flat)
+        rows = [self.gmm._adaptive(r.cpu(), float(si), eps) if float(si) > eps else r.cpu()
+                for r, si in zip(flat, s)]
+        return torch.stack(rows).to(flat)
+
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor:
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
-        d = _mix(self, flat, sigma, lambda z, c, lam: lam / c * z, add_mean=True)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=flat.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(flat.shape[0])
+        if cond is None or (isinstance(cond, int) and cond < 0):
+            d = self._denoise(flat, sigma, None)
+        elif isinstance(cond, int):
+            d = self._denoise(flat, sigma, self._check_cond(cond))
+        else:  # per-sample classes, -1 = unconditional
+            c = torch.as_tensor(cond, device=flat.device).reshape(-1)
+            if c.shape[0] != flat.shape[0]:
+                raise ValueError(f"gmm: cond has {c.shape[0]} entries for a batch of {flat.shape[0]}")
+            d = torch.empty_like(flat)
+            for k in torch.unique(c).tolist():
+                rows = (c == k).nonzero().reshape(-1)
+                d[rows] = self._denoise(flat[rows], sigma[rows], None if k < 0 else self._check_cond(k))
         return d.reshape(x.shape).to(x.dtype)
+
+    def _check_cond(self, k: int) -> int:
+        if not 0 <= k < len(self.w):
+            raise ValueError(f"gmm: cond={k} is not a component index; use 0..{len(self.w) - 1} "
+                             f"or -1 (unconditional).")
+        return int(k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -32,9 +33,24 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")
 
 
+def suite_report_options(results: str | Path, suite: str) -> dict:
+    """The ``report:`` block of the newest run of this suite in the results folder."""
+    import json
+
+    runs = sorted((Path(results) / "_runs").glob("*.json"))
+    for p in reversed(runs):
+        m = json.loads(p.read_text())
+        if m.get("suite") == suite:
+            return dict(m.get("report") or {})
+    return {}
+
+
 def render(results: str | Path, out: str | Path, suite: str | None = None,
-           fit_min_nfe: int = 0) -> list[Path]:
-    """Write ``out/<suite>.md`` and one PNG per (model, metric); return the written paths."""
+           fit_min_nfe: int | None = None) -> list[Path]:
+    """Write ``out/<suite>.md`` and one PNG per (model, metric); return the written paths.
+
+    ``fit_min_nfe`` defaults to the suite's ``report: {fit_min_nfe: N}``, else 0.
+    """
     from bench.registry import load_all
     from bench.samplers import sampler_info
 
@@ -44,6 +60,8 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for suite_name, sdf in df.groupby("suite", sort=True):
+        min_nfe = fit_min_nfe if fit_min_nfe is not None else int(
+            suite_report_options(results, suite_name).get("fit_min_nfe", 0))
         md = [f"# Report: {suite_name}", ""]
         runs = sorted(sdf["run_id"].unique())
         md += [f"{len(sdf)} result rows from run(s) {', '.join(runs)}; git {sdf['git_revision'].iloc[0]}"
@@ -54,15 +72,22 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
                    f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
                    f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
                    "mean [95% CI] over samples.", "", value_table(g), ""]
-            fits = slopes(g, fit_min_nfe)
+            fits = slopes(g, min_nfe)
+            params = dict(zip(g["sampler"], g["sampler_params"]))
             rows = []
             for _, f in fits.iterrows():
-                order = sampler_info(f["sampler_name"]).order if f["sampler_name"] else None
+                order = (sampler_info(f["sampler_name"]).order_for(json.loads(params[f["sampler"]]))
+                         if f["sampler_name"] else None)
                 theory = f"{-order}" if (order and metric == "rmse") else "–"
                 rows.append([f["sampler"], f"{f['slope']:.2f}", theory,
                              f"{f['nfe_min']}–{f['nfe_max']} ({f['points']} points)"])
-            md += ["Fitted slope of log " + metric + " against log counted NFE:", "",
-                   markdown_table(["sampler", "slope", "theory", "NFE range"], rows), ""]
+            md += ["Fitted slope of log " + metric + " against log counted NFE"
+                   + (f" (NFE >= {min_nfe})" if min_nfe else "") + ":", "",
+                   markdown_table(["sampler", "slope", "theory", "NFE range"], rows), "",
+                   "Theory is the solver's order of accuracy for these parameters; stochastic "
+                   "samplers have none (their error against the ODE solution does not vanish). "
+                   "`lower_order_final` (on by default for the multistep solvers) ends with "
+                   "lower-order steps, which caps the observed slope near -2.", ""]
             png = nfe_plot(g, f"{suite_name}: {model}", metric,
                            out / f"{_slug(suite_name)}_{_slug(model)}_{_slug(metric)}.png")
             written.append(png)

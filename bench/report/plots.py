@@ -13,7 +13,9 @@ def nfe_plot(df: pd.DataFrame, title: str, ylabel: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    n = df["sampler"].nunique()
+    cols = 1 if n <= 12 else 2
+    fig, ax = plt.subplots(figsize=(6 + 2.2 * cols, 4.2 + 0.08 * max(0, n - 12)), dpi=120)
     for sampler, g in df.groupby("sampler", sort=True):
         g = g.sort_values("nfe_counted")
         y = g["value"].to_numpy(float)
@@ -25,7 +27,7 @@ def nfe_plot(df: pd.DataFrame, title: str, ylabel: str, path: Path) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=cols, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

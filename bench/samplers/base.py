@@ -25,11 +25,20 @@ class SamplerInfo:
     grid: dict[str, Any]
     stochastic: bool
     paper: str
-    order: int | None = None  # order of accuracy in the step size, as the paper states
+    #: order of accuracy in the step size as the paper states, or a function of the params
+    order: int | Callable[[dict[str, Any]], int | None] | None = None
+
+    def order_for(self, params: dict[str, Any]) -> int | None:
+        """Theoretical ODE order for these params; None for stochastic samplers (their error
+        against the ODE solution does not vanish with the step size)."""
+        if self.stochastic:
+            return None
+        return self.order(params) if callable(self.order) else self.order
 
 
 def register_sampler(name: str, *, evals_per_step: int, grid: dict[str, Any], paper: str,
-                     order: int | None = None, stochastic: bool = False,
+                     order: int | Callable[[dict[str, Any]], int | None] | None = None,
+                     stochastic: bool = False,
                      description: str = "") -> Callable:
     """Register a sampler with its cost per step, default grid and the paper it implements.
 

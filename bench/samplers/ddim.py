@@ -18,7 +18,7 @@ from bench.noise import NoiseSource
 from bench.samplers.base import register_sampler
 
 
-@register_sampler("ddim", order=1, evals_per_step=1, grid={"name": "time_uniform"},
+@register_sampler("ddim", order=lambda p: None if p.get("eta", 0) else 1, evals_per_step=1, grid={"name": "time_uniform"},
                   paper="Song et al. 2021 (DDIM), eq. 12",
                   description="DDIM with eta (0 = deterministic); Song et al. 2021")
 def sample_ddim(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,

@@ -82,8 +82,11 @@ class DiscreteVP(VPSchedule):
             b = torch.tensor(betas, dtype=torch.float64)
         elif kind == "linear":
             b = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+        elif kind == "cosine":
+            b = cosine_betas(num_steps)
         else:
-            raise ValueError(f"unknown beta schedule {kind!r}; use 'linear' or pass betas")
+            raise ValueError(f"unknown beta schedule kind={kind!r}; use 'linear', 'cosine' or pass "
+                             f"betas")
         self.kind, self.beta_start, self.beta_end = kind, beta_start, beta_end
         self.betas = b
         self.N = len(b)
@@ -101,6 +104,17 @@ class DiscreteVP(VPSchedule):
     def describe(self) -> dict[str, Any]:
         return {"schedule": "discrete", "kind": self.kind, "beta_start": self.beta_start,
                 "beta_end": self.beta_end, "num_steps": self.N}
+
+
+def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Nichol & Dhariwal 2021 (Improved DDPM), eq. 17: abar(t) = f(t)/f(0),
+    f(t) = cos^2((t/T + s)/(1 + s) * pi/2), beta_t = min(1 - abar_t/abar_{t-1}, 0.999)
+    (diffusers' ``squaredcos_cap_v2``)."""
+    def f(t: Tensor) -> Tensor:
+        return torch.cos((t / num_steps + s) / (1 + s) * math.pi / 2) ** 2
+
+    i = torch.arange(num_steps, dtype=torch.float64)
+    return torch.clamp(1 - f(i + 1) / f(i), max=max_beta)
 
 
 class LinearVP(VPSchedule):
@@ -144,7 +158,15 @@ def _finish(points: Tensor, final_zero: bool) -> Tensor:
 
 
 def _t_end(schedule: VPSchedule, t_end: float | None) -> float:
-    return schedule.t_eps if t_end is None else float(t_end)
+    """The grid's last VP time: the schedule's t_eps (1/N for the discrete schedule, i.e.
+    dpm-solver's t = (n + 1)/N convention with n = 0) unless given, e.g. 1e-3 or 1e-4
+    (dpm-solver's choices for continuous-time models)."""
+    if t_end is None:
+        return schedule.t_eps
+    if not 0 < float(t_end) < schedule.T:
+        raise ValueError(f"grid: t_end={t_end!r} is outside (0, T={schedule.T}); use e.g. "
+                         f"{schedule.t_eps:g} (the schedule's t_eps), 1e-3 or 1e-4.")
+    return float(t_end)
 
 
 @GRIDS.register("karras", "EDM noise levels s_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - "
@@ -184,6 +206,63 @@ def time_quadratic(schedule: VPSchedule, steps: int, *, t_end: float | None = No
     n = steps if final_zero else steps + 1
     t = torch.linspace(schedule.T**0.5, _t_end(schedule, t_end) ** 0.5, n, dtype=torch.float64) ** 2
     return _finish(schedule.s_of_t(t), final_zero)
+
+
+@GRIDS.register("vp", "Continuous VP grid of k-diffusion (get_sigmas_vp): t uniform in [eps_s, 1], "
+                "s = sqrt(exp(beta_d t^2/2 + beta_min t) - 1) (Song et al. 2021)")
+def vp(schedule: VPSchedule, steps: int, *, beta_d: float | None = None,
+       beta_min: float | None = None, eps_s: float | None = None, final_zero: bool = True) -> Tensor:
+    n = steps if final_zero else steps + 1
+    lin = schedule if isinstance(schedule, LinearVP) else None
+    bd = float(beta_d) if beta_d is not None else (lin.beta_1 - lin.beta_0 if lin else 19.9)
+    bm = float(beta_min) if beta_min is not None else (lin.beta_0 if lin else 0.1)
+    e = float(eps_s) if eps_s is not None else (lin.t_eps if lin else 1e-3)
+    t = torch.linspace(1.0, e, n, dtype=torch.float64)
+    return _finish(torch.sqrt(torch.expm1(bd * t**2 / 2 + bm * t)), final_zero)
+
+
+def fast_orders(nfe: int, order: int) -> list[int]:
+    """Step orders of DPM-Solver-fast for a budget of ``nfe`` evaluations (Lu et al. 2022,
+    Appendix D.1; dpm-solver's ``get_orders_and_timesteps_for_singlestep_solver``)."""
+    if nfe < 1:
+        raise ValueError(f"dpm_fast: needs at least 1 evaluation, got nfe={nfe}.")
+    if order == 3:
+        k = nfe // 3 + 1
+        if nfe % 3 == 0:
+            return [3] * (k - 2) + [2, 1]
+        return [3] * (k - 1) + [nfe % 3]
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    if order == 1:
+        return [1] * nfe
+    raise ValueError(f"dpm_fast: order={order!r} is not supported; use 1, 2 or 3.")
+
+
+@GRIDS.register("dpm_fast", "DPM-Solver-fast grid: one point per evaluation; K = NFE//order + 1 "
+                "logSNR-uniform outer steps with their intermediate points (skip: logsnr), or the "
+                "NFE-step skip grid (Lu et al. 2022)")
+def dpm_fast(schedule: VPSchedule, steps: int, *, order: int = 3, skip: str = "logsnr",
+             t_end: float | None = None, final_zero: bool = False) -> Tensor:
+    """``steps`` is the evaluation budget N. For ``skip: logsnr`` the outer grid has K
+    logSNR-uniform steps (as dpm-solver does) and each order-o step is filled with its o - 1
+    intermediate points at lambda + j h / o; for other ``skip`` grids it is the N-step grid,
+    which sampler ``dpm_solver_fast`` subsamples at the cumulative orders (as dpm-solver does)."""
+    budget = steps - int(final_zero)
+    if budget < 1:
+        return _finish(torch.tensor([schedule.s_max], dtype=torch.float64), final_zero)
+    if skip != "logsnr":
+        if skip not in ("time_uniform", "time_quadratic"):
+            raise ValueError(f"dpm_fast: skip={skip!r} is not supported; use logsnr, "
+                             f"time_uniform or time_quadratic.")
+        return _finish(GRIDS.get(skip)(schedule, budget, t_end=t_end, final_zero=False), final_zero)
+    orders = fast_orders(budget, order)
+    lam_hi = -math.log(schedule.s_max)
+    lam_lo = -math.log(float(schedule.s_of_t(_t_end(schedule, t_end))))
+    outer = torch.linspace(lam_hi, lam_lo, len(orders) + 1, dtype=torch.float64)
+    fine = [outer[i] + j / o * (outer[i + 1] - outer[i]) for i, o in enumerate(orders)
+            for j in range(o)]
+    lam = torch.stack(fine + [outer[-1]])
+    return _finish(torch.exp(-lam), final_zero)
 
 
 def make_grid(spec: dict[str, Any], schedule: VPSchedule, steps: int) -> Tensor:

@@ -1,0 +1,105 @@
+"""Nightly regression check: compare two sets of result rows metric by metric.
+
+Rows are matched on (suite, model, sampler, nfe, eval, metric). A tolerance per metric is one of
+``abs:X`` (|current - baseline| <= X), ``rel:X`` (<= X * |baseline|) or ``ci`` (the 95%
+intervals overlap). Only a change in the metric's bad direction counts as a regression (lower is
+better for errors and distances, higher for scores); a metric of unknown direction regresses on
+any change beyond its tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.report.tables import fmt, markdown_table
+
+KEY = ["suite", "model", "sampler", "nfe", "eval", "metric"]
+LOWER_IS_BETTER = {"rmse", "fid", "kid", "kid_mean", "fid_inf"}
+HIGHER_IS_BETTER = {"is", "inception_score", "precision", "recall", "density", "coverage",
+                    "clipscore", "clip_score"}
+
+
+def load_rows(spec: str, results: str | Path = "results") -> pd.DataFrame:
+    """A Parquet file or folder, or a run id (or 'latest') of the results folder."""
+    p = Path(spec)
+    if p.exists():
+        return pd.read_parquet(p)
+    from bench.store import ResultStore
+
+    store = ResultStore(results)
+    manifest = store.read_run(spec)
+    groups = sorted({c["group"] for c in manifest["cells"]})
+    files = [store.rows_path(manifest["suite"], g) for g in groups]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise BenchError(f"run {spec} is incomplete: {len(missing)} of {len(files)} cells have no "
+                         f"result rows; rerun it ('bench run') before comparing.")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def parse_tol(spec: str) -> tuple[str, float]:
+    kind, _, val = spec.partition(":")
+    if kind == "ci" and not val:
+        return "ci", 0.0
+    try:
+        if kind in ("abs", "rel"):
+            return kind, float(val)
+    except ValueError:
+        pass
+    raise BenchError(f"tolerance {spec!r} is not abs:X, rel:X or ci; e.g. --tol rmse=rel:0.05.")
+
+
+def direction(metric: str) -> int:
+    """+1 if higher is worse, -1 if lower is worse, 0 if unknown."""
+    if metric in LOWER_IS_BETTER:
+        return 1
+    if metric in HIGHER_IS_BETTER:
+        return -1
+    return 0
+
+
+def compare(base: pd.DataFrame, cur: pd.DataFrame, tols: dict[str, str],
+            default: str = "rel:0.05") -> tuple[pd.DataFrame, str]:
+    """(table of differences, Markdown); the 'regressed' column marks failures."""
+    merged = base[KEY + ["value", "ci_low", "ci_high"]].merge(
+        cur[KEY + ["value", "ci_low", "ci_high"]], on=KEY, how="outer",
+        suffixes=("_base", "_cur"), indicator=True)
+    rows, out = [], []
+    for _, r in merged.sort_values(KEY).iterrows():
+        kind, x = parse_tol(tols.get(r["metric"], default))
+        status, regressed = "ok", False
+        if r["_merge"] != "both":
+            status = "only in baseline" if r["_merge"] == "left_only" else "only in current"
+            regressed = r["_merge"] == "left_only"  # a metric that disappeared is a failure
+        else:
+            b, c = float(r["value_base"]), float(r["value_cur"])
+            diff = c - b
+            if kind == "abs":
+                beyond = abs(diff) > x
+            elif kind == "rel":
+                beyond = abs(diff) > x * abs(b)
+            else:
+                beyond = r["ci_high_cur"] < r["ci_low_base"] or r["ci_low_cur"] > r["ci_high_base"]
+            worse = direction(r["metric"]) * diff > 0 or (direction(r["metric"]) == 0 and diff != 0)
+            if math.isnan(c) and not math.isnan(b):
+                beyond = worse = True
+            regressed = bool(beyond and worse)
+            status = "REGRESSION" if regressed else ("improved" if beyond else "ok")
+        tol_txt = f"{kind}:{x:g}" if kind != "ci" else "ci"
+        out.append({**{k: r[k] for k in KEY}, "baseline": r["value_base"], "current": r["value_cur"],
+                    "tolerance": tol_txt, "status": status, "regressed": regressed})
+        rel = (float(r["value_cur"]) - float(r["value_base"])) / abs(float(r["value_base"])) \
+            if r["_merge"] == "both" and float(r["value_base"]) != 0 else float("nan")
+        rows.append([str(r["model"]), str(r["sampler"]), str(int(r["nfe"])), str(r["metric"]),
+                     fmt(r["value_base"]), fmt(r["value_cur"]),
+                     "–" if math.isnan(rel) else f"{100 * rel:+.2f}%", tol_txt, status])
+    table = pd.DataFrame(out)
+    md = markdown_table(["model", "sampler", "NFE", "metric", "baseline", "current", "change",
+                         "tolerance", "status"], rows)
+    n_bad = int(table["regressed"].sum()) if len(table) else 0
+    md += f"\n\n{n_bad} regression(s) in {len(table)} compared metric(s).\n"
+    return table, md

@@ -1,0 +1,131 @@
+"""Every registered sampler, called by name with the same arguments: counted NFE equals the
+accounting the suite planner uses, and results do not depend on the batch size (per-sample
+noise streams), including every stochastic configuration."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import bench.samplers  # noqa: F401  (registration)
+from bench.denoiser import CountingDenoiser
+from bench.models.gmm import GMMOracle
+from bench.noise import NoiseSource
+from bench.registry import SAMPLERS
+from bench.samplers import nfe_for_steps, sampler_info
+from bench.samplers.schedules import grid_final_zero, make_grid
+
+ORACLE = GMMOracle(shape=(1, 4, 4), cov="full", var_min=0.05, seed=1)  # bit-exact batch invariance
+CONSISTENCY = GMMOracle(shape=(1, 4, 4), cov="full", var_min=0.05, parameterisation="consistency",
+                        consistency_sigma_min=0.002)
+NAMES = SAMPLERS.names()
+#: extra stochastic configurations of samplers that are deterministic by default
+EXTRA = [("ddim", {"eta": 1.0}), ("ddpm", {"variance": "large"}), ("euler", {"s_churn": 20.0}),
+         ("heun", {"s_churn": 20.0, "s_tmin": 0.05, "s_tmax": 20.0}), ("euler_ancestral", {"eta": 0.5}),
+         ("analytic_dpm", {"eta": 0.0}), ("unipc", {"order": 3, "variant": "bh1"}),
+         ("dpm_solver_fast", {"order": 2})]
+#: samplers that need a parameter to run at all, and the grid that goes with it
+REQUIRED = {"diffusers": {"scheduler": "DPMSolverMultistepScheduler"}}
+OWN_GRID = {"diffusers": {"name": "diffusers", "scheduler": "DPMSolverMultistepScheduler"}}
+GRIDS = [None, {"name": "karras", "final_zero": True}, {"name": "karras", "final_zero": False},
+         {"name": "logsnr", "final_zero": True}]
+
+
+def _model(name: str):
+    return (CONSISTENCY if name == "consistency" else ORACLE).load()
+
+
+def _run(name: str, params: dict, grid: dict, steps: int, indices, seed: int = 5,
+         step_seed: int | None = None):
+    """Initial noise from stream ``seed``; step noise from the same stream, or ``step_seed``."""
+    den = CountingDenoiser(_model(name))
+    sigmas = make_grid(grid, den.schedule, steps)
+    noise = NoiseSource(seed, indices)
+    x = noise.randn((1, 4, 4)) * sigmas[0]
+    if step_seed is not None:
+        noise = NoiseSource(step_seed, indices)
+    calls = []
+    params = {**REQUIRED.get(name, {}), **params}
+    out = SAMPLERS.get(name)(den, x, sigmas, noise=noise, callback=calls.append, **params)
+    return out, den.nfe, calls
+
+
+def test_every_sampler_has_the_one_signature_and_documents_its_paper() -> None:
+    for name in NAMES:
+        fn = SAMPLERS.get(name)
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        assert [p.name for p in params[:3]] == ["model", "x", "sigmas"], name
+        assert sig.parameters["noise"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert sig.parameters["callback"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        for p in params[3:]:
+            assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty, (name, p)
+        info = sampler_info(name)
+        assert info.paper and fn.__module__.startswith("bench.samplers"), name
+        doc = inspect.getdoc(inspect.getmodule(fn)) or ""
+        assert any(w in doc for w in ("et al.", "k-diffusion")), name  # cites the paper
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_counted_nfe_equals_reported_nfe(name: str) -> None:
+    info = sampler_info(name)
+    for grid in GRIDS:
+        grid = dict(info.grid) if grid is None else grid
+        if name in OWN_GRID:  # runs on the scheduler's own levels only
+            grid = OWN_GRID[name]
+        if info.grid["name"] == "dpm_fast" and grid["name"] != "dpm_fast":
+            grid = {**info.grid, "final_zero": grid.get("final_zero", False)}
+        for steps in (1, 2, 3, 7):
+            out, nfe, calls = _run(name, {}, grid, steps, range(4))
+            assert nfe == nfe_for_steps(info.evals_per_step, steps, grid_final_zero(grid)), (grid, steps)
+            assert torch.isfinite(out).all() and out.shape == (4, 1, 4, 4)
+            assert calls and "x" in calls[-1]
+
+
+CONFIGS = [(n, {}) for n in NAMES] + EXTRA + [
+    ("diffusers", {"scheduler": "EulerAncestralDiscreteScheduler"})]
+STOCHASTIC_EXTRA = [c for c in CONFIGS[len(NAMES):] if c[0] not in ("unipc", "dpm_solver_fast")]
+
+
+@pytest.mark.parametrize("name, params", CONFIGS, ids=[f"{n}-{p}" for n, p in CONFIGS])
+def test_same_samples_for_batch_sizes_1_5_32(name: str, params: dict) -> None:
+    grid = OWN_GRID.get(name, sampler_info(name).grid)
+    if name == "diffusers":
+        grid = {**grid, "scheduler": params.get("scheduler", grid["scheduler"])}
+    full, nfe, _ = _run(name, params, grid, 6, range(32))
+    parts = [_run(name, params, grid, 6, range(a, b))[0] for a, b in [(0, 1), (1, 6), (6, 32)]]
+    assert torch.equal(torch.cat(parts), full)
+    # other step noise from the same start changes exactly the stochastic configurations
+    other, _, _ = _run(name, params, grid, 6, range(32), step_seed=6)
+    stochastic = sampler_info(name).stochastic or (name, params) in STOCHASTIC_EXTRA
+    assert torch.equal(other, full) is not stochastic
+
+
+def test_stochastic_samplers_without_noise_source_say_how_to_pass_one() -> None:
+    den = ORACLE.load()
+    sigmas = make_grid({"name": "karras"}, den.schedule, 4)
+    x = torch.ones(2, 1, 4, 4) * sigmas[0]
+    for name, params in [("ddpm", {}), ("euler", {"s_churn": 10.0}), ("euler_ancestral", {}),
+                         ("analytic_dpm", {})]:
+        with pytest.raises(ValueError, match=rf"{name}.*NoiseSource"):
+            SAMPLERS.get(name)(den, x, sigmas, **params)
+
+
+@pytest.mark.parametrize("name, params, match", [
+    ("ddpm", {"variance": "medium"}, "variance='medium'.*'small', 'large'"),
+    ("unipc", {"order": 4}, "order=4.*1, 2 or 3"),
+    ("unipc", {"variant": "bh3"}, "variant='bh3'"),
+    ("dpmpp_3m", {"d2": "full"}, "d2='full'"),
+    ("euler", {"s_churn": -1.0}, "s_churn=-1.0"),
+    ("dpm_solver_3", {"r1": 0.7, "r2": 0.5}, "r1=0.7, r2=0.5"),
+    ("analytic_dpm", {"eta": 2.0}, "eta=2.0"),
+    ("consistency", {}, "not consistency-parameterised.*parameterisation: consistency"),
+])
+def test_bad_params_name_param_value_and_fix(name: str, params: dict, match: str) -> None:
+    den = ORACLE.load()
+    sigmas = make_grid(sampler_info(name).grid, den.schedule, 3)
+    noise = NoiseSource(0, range(2))
+    with pytest.raises(ValueError, match=match):
+        SAMPLERS.get(name)(den, noise.randn((1, 4, 4)) * sigmas[0], sigmas, noise=noise, **params)
