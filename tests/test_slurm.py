@@ -59,7 +59,13 @@ def test_slurm_job_array_gives_the_same_numbers_as_local(cluster, cli, write_sui
     ids = [j["job_id"] for j in manifest["jobs"]]
     assert len(ids) == 8 and len({i.split("_")[0] for i in ids}) == 1  # one array of 8 tasks
     assert all("_" in i for i in ids)
-    sacct = cluster.run("sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ids[0].split("_")[0]).stdout
+    end = time.time() + 60  # accounting lags the jobs' end by a few seconds
+    while True:
+        sacct = cluster.run("sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j",
+                            ids[0].split("_")[0]).stdout
+        if sacct.count("COMPLETED") == 8 or time.time() > end:
+            break
+        time.sleep(1)
     assert sacct.count("COMPLETED") == 8, sacct
 
     assert cli("run", suite, "--results", tmp_path / "local", "--executor", "local")[0] == 0
@@ -118,14 +124,15 @@ def test_preempted_job_resumes_mid_shard_with_identical_numbers(cluster, write_s
 
 
 def test_hard_kill_leaves_no_partial_result_and_rerun_completes_missing(cluster, write_suite, tmp_path):
-    data = small_suite(name="kill", executor=SLURM, samples=48, batch_size=8, nfe=[10, 80],
+    # the NFE-160 shards take several seconds after the first batch: time for `bench cancel`
+    data = small_suite(name="kill", executor=SLURM, samples=192, batch_size=8, nfe=[10, 160],
                        samplers=["euler", "heun"],
                        models=[{"name": "gmm", "params": {"shape": [3, 16, 16], "cov": "full"}}])
     suite = write_suite(data, name="kill.yaml")
     res = tmp_path / "res"
     driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite), "--results",
                                str(res)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_running(res)
+    _wait_running(res, at_sample=8)
     cancel = _bench("cancel", "latest", "--results", res)  # scancel: SIGTERM, SIGKILL, no requeue
     assert "cancelled: slurm job" in cancel.stdout
     out, err = driver.communicate(timeout=300)
