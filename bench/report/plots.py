@@ -16,11 +16,14 @@ def nfe_plot(df: pd.DataFrame, title: str, ylabel: str, path: Path) -> Path:
     n = df["sampler"].nunique()
     cols = 1 if n <= 12 else 2
     fig, ax = plt.subplots(figsize=(6 + 2.2 * cols, 4.2 + 0.08 * max(0, n - 12)), dpi=120)
-    for sampler, g in df.groupby("sampler", sort=True):
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D"]
+    for i, (sampler, g) in enumerate(df.groupby("sampler", sort=True)):
         g = g.sort_values("nfe_counted")
         y = g["value"].to_numpy(float)
         err = [y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y]
-        ax.errorbar(g["nfe_counted"], y, yerr=err, marker="o", ms=4, capsize=3, label=str(sampler))
+        ax.errorbar(g["nfe_counted"], y, yerr=err, marker=markers[i // 10 % 4], ms=4,
+                    ls=styles[i // 10 % 4], capsize=3, label=str(sampler))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("NFE (counted)")

@@ -40,7 +40,7 @@ def _check_churn(name: str, s_churn: float, s_noise: float) -> None:
     check_range(name, "s_noise", s_noise, 0.0)
 
 
-@register_sampler("euler", order=1, evals_per_step=1, grid=EDM_GRID,
+@register_sampler("euler", order=lambda p: None if p.get("s_churn", 0) else 1, evals_per_step=1, grid=EDM_GRID,
                   paper="Karras et al. 2022 (EDM), Euler on the PF-ODE (Algorithm 2 steps with s_churn > 0)",
                   description="Euler on the PF-ODE, EDM sigma grid; Karras et al. 2022")
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
@@ -58,7 +58,7 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSour
     return x
 
 
-@register_sampler("heun", order=2, evals_per_step=2, grid=EDM_GRID,
+@register_sampler("heun", order=lambda p: None if p.get("s_churn", 0) else 2, evals_per_step=2, grid=EDM_GRID,
                   paper="Karras et al. 2022 (EDM), Algorithm 1 (Algorithm 2 with s_churn > 0)",
                   description="Heun 2nd order on the PF-ODE, EDM sigma grid; Karras et al. 2022")
 def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
