@@ -120,11 +120,34 @@ def test_bridge_accepts_any_one_call_scheduler_and_counts_nfe() -> None:
         assert float((out - truth).flatten(1).pow(2).mean(1).sqrt().mean()) < 0.2, name
 
 
+@pytest.mark.parametrize("name", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler"])
+def test_bridge_runs_multi_call_schedulers_and_counts_every_call(name) -> None:
+    """Heun-type schedulers list every model call in `timesteps` (Heun: 2n - 1 for n steps)."""
+    errors = []
+    for calls in (9, 33):
+        sigmas = grid(name, {}, calls)
+        out, nfe, x = run("diffusers", {"scheduler": name}, sigmas)
+        assert nfe == calls and len(sigmas) == calls + 1
+        truth = ORACLE.ode_solution(x, float(sigmas[0]), float(sigmas[-1]))
+        errors.append(float((out - truth).abs().max()))
+    assert errors[1] < errors[0] / 4, errors  # a second-order method converges
+
+
+def test_bridged_heun_equals_our_heun_on_its_levels() -> None:
+    """diffusers HeunDiscreteScheduler (5 steps, 9 calls) == our heun on the same 5 noise levels."""
+    sigmas = grid("HeunDiscreteScheduler", {}, 9)
+    theirs, nfe, x = run("diffusers", {"scheduler": "HeunDiscreteScheduler"}, sigmas)
+    levels = torch.unique_consecutive(sigmas)  # Heun revisits each inner level once
+    ours, our_nfe, x2 = run("heun", {}, levels)
+    assert torch.equal(x, x2) and nfe == our_nfe == 9
+    assert float((theirs - ours).abs().max()) < TOL
+
+
 def test_bridge_errors_name_the_fix() -> None:
     with pytest.raises(ValueError, match="scheduler='DDIMSchedular'.*DDIMScheduler"):
         grid("DDIMSchedular", {}, 5)
-    with pytest.raises(ValueError, match="HeunDiscreteScheduler makes 9 model calls for 5"):
-        grid("HeunDiscreteScheduler", {}, 5)
+    with pytest.raises(ValueError, match="HeunDiscreteScheduler cannot make exactly 6 model calls.*5, 7"):
+        grid("HeunDiscreteScheduler", {}, 6)
     sigmas = make_grid({"name": "karras"}, DEN.schedule, 5)
     with pytest.raises(ValueError, match="use grid: {name: diffusers, scheduler: DDIMScheduler}"):
         run("diffusers", {"scheduler": "DDIMScheduler"}, sigmas)

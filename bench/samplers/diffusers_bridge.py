@@ -22,8 +22,8 @@ the VP-frame sample ``alpha_t x`` at level ``s`` (``s = sigmas[step_index]`` for
 keep data-scaled sigmas, else ``sqrt((1 - abar_t) / abar_t)``); the harness denoiser gives
 ``x0 = D(inp / alpha, s)`` and the scheduler receives it converted to its ``prediction_type``
 (epsilon, sample or v_prediction). NFE is counted by the harness as for every sampler (one
-scheduler step = one model call; schedulers that call the model more than once per step, such
-as HeunDiscreteScheduler, are refused with that explanation). Stochastic schedulers (DDPM,
+entry of ``timesteps`` = one model call; schedulers that call the model more than once per
+inference step, such as HeunDiscreteScheduler with 2n - 1 calls, run at the NFE they can reach). Stochastic schedulers (DDPM,
 EulerAncestral, ...) get one generator per sample (``generator=[...]``), so their noise, too, is
 independent of the batch size. The initial latents are the harness's ``x`` at ``sigmas[0]``
 expressed in the scheduler's frame (``alpha_T x`` for VP schedulers, ``x`` for sigma-scaled
@@ -121,16 +121,28 @@ def scheduler_levels(sched: Any) -> Tensor:
     return torch.stack(calls + [end.reshape(())])
 
 
-def _prepared(scheduler: str, config: dict | None, schedule: VPSchedule, steps: int,
+def _prepared(scheduler: str, config: dict | None, schedule: VPSchedule, calls: int,
               device: Any = "cpu") -> Any:
+    """A scheduler set up so that it makes exactly ``calls`` model calls.
+
+    One-call-per-step schedulers use ``set_timesteps(calls)``; schedulers that call the model
+    more than once per inference step (HeunDiscrete: 2n - 1 calls for n steps, KDPM2, ...) list
+    every call in ``timesteps``, so the number of inference steps giving ``calls`` entries is
+    searched for. Each entry of ``timesteps`` is one model call, counted as one NFE.
+    """
     sched = build_scheduler(scheduler, config, schedule)
-    sched.set_timesteps(steps, device=device)
-    if len(sched.timesteps) != steps:
-        raise ValueError(f"diffusers: {scheduler} makes {len(sched.timesteps)} model calls for "
-                         f"{steps} inference steps; the bridge runs schedulers that call the model "
-                         f"once per step (DDIM, DDPM, DPMSolverMultistep, UniPCMultistep, Euler, "
-                         f"EulerAncestral, LMS, DEIS, ...).")
-    return sched
+    seen = []
+    for n in range(1, calls + 1):
+        sched.set_timesteps(n, device=device)
+        seen.append(len(sched.timesteps))
+        if seen[-1] == calls:
+            return sched
+        if seen[-1] > calls:
+            break
+    reachable = sorted({v for v in seen if abs(v - calls) <= 4})
+    raise ValueError(f"diffusers: {scheduler} cannot make exactly {calls} model calls (NFE); "
+                     f"its steps give {', '.join(map(str, reachable)) or seen} calls nearby. "
+                     f"Use one of those NFE values.")
 
 
 @GRIDS.register("diffusers", "The noise levels a diffusers scheduler visits with set_timesteps(steps) "
@@ -145,15 +157,15 @@ def diffusers_grid(schedule: VPSchedule, steps: int, *, scheduler: str | None = 
 
 @register_sampler("diffusers", evals_per_step=1, grid={"name": "diffusers"}, order=None,
                   paper="the diffusers scheduler named in params (von Platen et al., diffusers)",
-                  description="Bridge: any one-call-per-step diffusers scheduler class with its "
-                              "config (params: scheduler, config)")
+                  description="Bridge: any diffusers scheduler class with its config "
+                              "(params: scheduler, config); NFE = model calls")
 def sample_diffusers(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
                      callback: Callable | None = None, scheduler: str | None = None,
                      config: dict | None = None) -> Tensor:
     if scheduler is None:
         raise ValueError("diffusers: needs scheduler=<diffusers scheduler class name>, e.g. "
                          "params: {scheduler: DPMSolverMultistepScheduler, config: {solver_order: 2}}.")
-    steps = len(sigmas) - 1
+    steps = len(sigmas) - 1  # model calls
     sched = _prepared(scheduler, config, model.schedule, steps, x.device)
     levels = scheduler_levels(sched)
     if not torch.allclose(levels.to(sigmas), sigmas, rtol=1e-6, atol=1e-12):
