@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("kind", nargs="?", choices=KINDS)
     ls.set_defaults(func=cmd_list)
 
+    from bench.cli_fidelity import add_parsers as add_fidelity_parsers
 
+    add_fidelity_parsers(sub)  # bench fid, bench refstats
     return p
 
 

@@ -99,9 +99,11 @@ SAMPLERS: Registry[Any] = Registry("sampler")
 GRIDS: Registry[Any] = Registry("grid")
 EVALS: Registry[Any] = Registry("eval")
 METRICS: Registry[Any] = Registry("metric")
+FEATURES: Registry[Any] = Registry("feature extractor")
+DATASETS: Registry[Any] = Registry("dataset")
 
 
 def load_all() -> None:
     """Import the modules that register the built-in entries."""
-    for mod in ("bench.models", "bench.samplers", "bench.evals", "bench.metrics"):
+    for mod in ("bench.models", "bench.samplers", "bench.evals", "bench.metrics", "bench.data"):
         importlib.import_module(mod)

