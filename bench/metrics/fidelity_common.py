@@ -207,3 +207,32 @@ def list_params(cls: type) -> None:
     params = {k: v for k, v in {**COMMON_PARAMS, **cls.extra_params}.items()
               if not (k in ("ref", "ref_limit") and not cls.needs_ref)}
     METRICS.entry(cls.name).meta["params"] = params
+
+
+class PoolFeatureMetric(FidelityMetric):
+    """State = per-sample pool features (for k-NN and kernel metrics: KID, PR, DC)."""
+
+    needs_ref_features = True
+
+    def reset(self) -> None:
+        super().reset()
+        self.index: list[np.ndarray] = []
+        self.feats: list[np.ndarray] = []
+
+    def update(self, batch: SampleBatch) -> None:
+        idx, feats = self.features(batch)
+        self.index.append(idx)
+        self.feats.append(feats["pool"].numpy())
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"index": np.concatenate(self.index) if self.index else np.zeros(0, np.int64),
+                "features": np.concatenate(self.feats) if self.feats
+                else np.zeros((0, self.extractor.dim), np.float32), **self.common_state()}
+
+    @staticmethod
+    def merge(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return merge_features(states)
+
+    @staticmethod
+    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
+        return describe_state(state)

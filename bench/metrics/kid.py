@@ -11,13 +11,12 @@ deviation over subsets; ``ci_low``/``ci_high`` are mean -/+ that std.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 
 from bench.errors import BenchError
-from bench.metrics.base import SampleBatch, Values
-from bench.metrics.fidelity_common import (list_params, FidelityMetric, load_ref, merge_features,
+from bench.metrics.base import Values
+from bench.metrics.fidelity_common import (list_params, PoolFeatureMetric, load_ref,
                                            nonfinite_values, read_config)
 from bench.registry import METRICS
 
@@ -54,29 +53,9 @@ def kid_subsets(gen: np.ndarray, ref: np.ndarray, subsets: int = 100, subset_siz
 
 @METRICS.register("kid", "Kernel Inception Distance vs params.ref (cubic polynomial kernel, "
                   "subsets as torch-fidelity; CI = mean -/+ std over subsets)")
-class KID(FidelityMetric):
+class KID(PoolFeatureMetric):
     name = "kid"
-    needs_ref_features = True
     extra_params = {"subsets": 100, "subset_size": 1000, "seed": 2020}
-
-    def reset(self) -> None:
-        super().reset()
-        self.index: list[np.ndarray] = []
-        self.feats: list[np.ndarray] = []
-
-    def update(self, batch: SampleBatch) -> None:
-        idx, feats = self.features(batch)
-        self.index.append(idx)
-        self.feats.append(feats["pool"].numpy())
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"index": np.concatenate(self.index) if self.index else np.zeros(0, np.int64),
-                "features": np.concatenate(self.feats) if self.feats
-                else np.zeros((0, self.extractor.dim), np.float32), **self.common_state()}
-
-    @staticmethod
-    def merge(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return merge_features(states)
 
     @staticmethod
     def compute(state: dict[str, np.ndarray]) -> Values:
@@ -87,10 +66,4 @@ class KID(FidelityMetric):
                            int(p["subset_size"]), int(p["seed"]))
         mean, std = float(np.mean(vals)), float(np.std(vals))
         return {"kid": (mean, mean - std, mean + std), **nonfinite_values("kid", n_bad)}
-
-    @staticmethod
-    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
-        from bench.metrics.fidelity_common import describe_state
-
-        return describe_state(state)
 list_params(KID)

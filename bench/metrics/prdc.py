@@ -15,13 +15,12 @@ generated samples, recall and coverage over reference samples); ``ci_low``/``ci_
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
 
-from bench.metrics.base import SampleBatch, Values, mean_ci
-from bench.metrics.fidelity_common import (list_params, FidelityMetric, load_ref, merge_features,
+from bench.metrics.base import Values, mean_ci
+from bench.metrics.fidelity_common import (list_params, PoolFeatureMetric, load_ref,
                                            nonfinite_values, read_config)
 from bench.registry import METRICS
 
@@ -69,38 +68,9 @@ def density_coverage(gen: np.ndarray, ref: np.ndarray, k: int = 5, block: int = 
     return counts.double().numpy() / k, covered.double().numpy()
 
 
-class _FeatureMetric(FidelityMetric):
-    needs_ref_features = True
-
-    def reset(self) -> None:
-        super().reset()
-        self.index: list[np.ndarray] = []
-        self.feats: list[np.ndarray] = []
-
-    def update(self, batch: SampleBatch) -> None:
-        idx, feats = self.features(batch)
-        self.index.append(idx)
-        self.feats.append(feats["pool"].numpy())
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"index": np.concatenate(self.index) if self.index else np.zeros(0, np.int64),
-                "features": np.concatenate(self.feats) if self.feats
-                else np.zeros((0, self.extractor.dim), np.float32), **self.common_state()}
-
-    @staticmethod
-    def merge(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return merge_features(states)
-
-    @staticmethod
-    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
-        from bench.metrics.fidelity_common import describe_state
-
-        return describe_state(state)
-
-
 @METRICS.register("prc", "Improved precision/recall (k=3) vs params.ref, as torch-fidelity prc; "
                   "95% t-CI over samples")
-class PrecisionRecall(_FeatureMetric):
+class PrecisionRecall(PoolFeatureMetric):
     name = "prc"
     extra_params = {"k": 3}
 
@@ -113,7 +83,7 @@ class PrecisionRecall(_FeatureMetric):
 
 
 @METRICS.register("dc", "Density and coverage (k=5, Naeem et al. 2020) vs params.ref; 95% t-CI")
-class DensityCoverage(_FeatureMetric):
+class DensityCoverage(PoolFeatureMetric):
     name = "dc"
     extra_params = {"k": 5}
 
