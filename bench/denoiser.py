@@ -41,6 +41,8 @@ class CountingDenoiser:
         self.schedule = inner.schedule
         self.nfe = 0
         self.model_s = 0.0
+        #: per-sample condition of the current batch, used when a sampler passes none
+        self.cond: Any | None = None
         self._calls0 = self._inner_calls()
 
     def __getattr__(self, name: str) -> Any:
@@ -69,7 +71,7 @@ class CountingDenoiser:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        out = self.inner(x, sigma, cond)
+        out = self.inner(x, sigma, self.cond if cond is None else cond)
         if sync:
             torch.cuda.synchronize(x.device)
         self.model_s += time.perf_counter() - t0

@@ -243,6 +243,14 @@ def validate(data: dict[str, Any], source: str) -> Suite:
     suite.models = _entries(source, "models", d["models"], MODELS, ())
     suite.samplers = _entries(source, "samplers", d["samplers"], SAMPLERS, ("grid",))
     suite.evals = _entries(source, "evals", d["evals"], EVALS, ())
+    for i, m in enumerate(suite.models):  # adapters that check their folder/config cheaply
+        cls = MODELS.get(m["name"])
+        if getattr(cls, "validate_early", False):
+            try:
+                cls(**m["params"])
+            except BenchError as exc:
+                raise SuiteError(source, f"models[{i}].params", str(exc),
+                                 "fix the model's parameters (see 'bench list models').") from None
     for i, s in enumerate(suite.samplers):
         s["grid"] = _grid(source, f"samplers[{i}].grid", s)
     return suite

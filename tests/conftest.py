@@ -46,3 +46,11 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def fmnist() -> None:
+    """Fashion-MNIST available (installed from Debian's dataset-fashion-mnist if we can), else skip."""
+    import test_fidelity_support
+
+    test_fidelity_support.need_fmnist()

@@ -2,7 +2,8 @@
 density/coverage) per (model, sampler, NFE) cell: FID vs NFE per sampler.
 
 It runs nfe_curve's sampling loop (per-sample seeds, counted NFE, resumable per batch) and
-hands every metric the eval's shared parameters (``ref``, ``resize``, ``weights``, ...) plus its
+hands every metric the eval's shared parameters (``ref``, ``extractor`` (inception | clip | dinov2),
+``resize`` (inception's; default tf1_bilinear), ``weights``, ``arch`` (clip), ...) plus its
 own (``metrics: [fid, {name: kid, params: {subset_size: 500}}]``). Every result row also names
 what it was computed against: ``feature_extractor``, ``weights_sha256``, ``weights_source``,
 ``resize``, ``ref_id`` and the count of non-finite samples left out (``n_nonfinite``).
@@ -21,18 +22,19 @@ from bench.evals.nfe_curve import NFECurve
 from bench.registry import EVALS, METRICS
 from bench.suite import Cell
 
-SHARED = ("ref", "resize", "weights", "extractor", "refstats_dir", "ref_limit", "batch_size")
+SHARED = ("ref", "resize", "weights", "arch", "extractor", "refstats_dir", "ref_limit", "batch_size")
 
 
 @EVALS.register("fidelity", "Image fidelity vs NFE: FID/KID/IS/precision-recall/density-coverage "
-                "against a reference (params: metrics, ref, resize, weights)")
+                "against a reference (params: metrics, ref, extractor, resize, weights, gallery)")
 class Fidelity(NFECurve):
     def __init__(self, *, metrics: list[Any] = ("fid",), ref: str | None = None,  # type: ignore[assignment]
-                 resize: str = "tf1_bilinear", weights: str | None = None,
-                 extractor: str = "inception", refstats_dir: str | None = None,
-                 ref_limit: int | None = None, batch_size: int = 64) -> None:
-        super().__init__(metrics=list(metrics))
-        shared = {"ref": ref, "resize": resize, "weights": weights, "extractor": extractor,
+                 resize: str | None = None, weights: str | None = None,
+                 extractor: str = "inception", arch: str | None = None,
+                 refstats_dir: str | None = None,
+                 ref_limit: int | None = None, batch_size: int = 64, gallery: int = 0) -> None:
+        super().__init__(metrics=list(metrics), gallery=gallery)
+        shared = {"ref": ref, "resize": resize, "weights": weights, "arch": arch, "extractor": extractor,
                   "refstats_dir": refstats_dir, "ref_limit": ref_limit, "batch_size": batch_size}
         self.params.update({k: v for k, v in shared.items()})
         self.metric_params: dict[str, dict[str, Any]] = {}

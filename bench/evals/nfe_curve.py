@@ -3,13 +3,18 @@
 For each (model, sampler, NFE) cell it draws N samples from per-sample seeds, runs the sampler
 through an NFE-counting wrapper, and feeds each batch to the configured metrics. The default
 metric is the error against an oracle's exact ODE solution; for real models the y-axis is any
-other registered metric (``params: {metrics: [fid]}``).
+other registered metric (``params: {metrics: [fid]}``). ``gallery: N`` writes the decoded
+images of each cell's first N samples to ``RESULTS/_gallery/`` (for reports); nothing is written
+to disk otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,12 +55,37 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
+def gallery_dir(results_dir: Path, suite: str, model: str, sampler: str, nfe: int) -> Path:
+    slug = lambda v: re.sub(r"[^A-Za-z0-9_.=-]+", "-", v).strip("-")  # noqa: E731
+    return results_dir / "_gallery" / slug(suite) / f"{slug(model)}__{slug(sampler)}__nfe{nfe}"
+
+
+def save_gallery(cache_dir: Any, cell: Cell, adapter: Any, idx: np.ndarray, out: torch.Tensor,
+                 cond: Any, limit: int) -> None:
+    """Decoded images of samples ``idx < limit`` -> ``_gallery/<suite>/<cell>/<first idx>.npz``
+    (one file per batch, written atomically, so a resumed shard keeps what it wrote)."""
+    keep = idx < limit
+    folder = gallery_dir(Path(cache_dir).parent, cell.suite, cell.model["label"],
+                         cell.sampler["label"], cell.nfe)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = adapter.decode(out[torch.from_numpy(keep).to(out.device)]).cpu().numpy()
+    c = np.full(int(keep.sum()), -1) if cond is None else \
+        torch.as_tensor(cond).reshape(-1).cpu().numpy()[keep]
+    names = getattr(adapter, "cond_names", lambda: None)()
+    tmp = folder / f".{int(idx[0]):08d}.tmp.npz"
+    np.savez(tmp, images=images, idx=idx[keep], cond=c,
+             names=np.array(json.dumps(names and {str(k): v for k, v in names.items()})))
+    os.replace(tmp, folder / f"{int(idx[0]):08d}.npz")
+
+
 @EVALS.register("nfe_curve", "Sampler quality vs NFE: per-sample seeds, counted NFE, wall time; "
                 "metric default oracle_rmse")
 class NFECurve(Eval):
-    def __init__(self, *, metrics: list[str] = ("oracle_rmse",)) -> None:  # type: ignore[assignment]
-        super().__init__(metrics=list(metrics))
+    def __init__(self, *, metrics: list[str] = ("oracle_rmse",),  # type: ignore[assignment]
+                 gallery: int = 0) -> None:
+        super().__init__(metrics=list(metrics), **({"gallery": int(gallery)} if gallery else {}))
         self.metrics = [m if isinstance(m, str) else m["name"] for m in metrics]
+        self.gallery = int(gallery)
 
     def run_shard(self, cell: Cell, cache_dir: Any = None, progress: Any = None) -> ShardResult:
         t_start = time.perf_counter()
@@ -80,6 +110,8 @@ class NFECurve(Eval):
             noise = NoiseSource(cell.seed, idx, device, adapter.dtype)
             x = noise.randn(adapter.sample_shape()) * sigmas[0].to(adapter.dtype)
             model.reset()
+            batch_cond = getattr(adapter, "batch_cond", None)
+            model.cond = batch_cond(torch.from_numpy(idx)) if batch_cond is not None else None
             t0 = time.perf_counter()
             out = sampler(model, x, sigmas, noise=noise, **cell.sampler["params"])
             if device.type == "cuda":
@@ -88,6 +120,8 @@ class NFECurve(Eval):
             if meta["nfe_counted"] not in (None, model.nfe):
                 raise RuntimeError(f"counted NFE differs between batches: {meta['nfe_counted']} "
                                    f"vs {model.nfe}")
+            if self.gallery and b0 < self.gallery and cell.start == 0 and cache_dir is not None:
+                save_gallery(cache_dir, cell, adapter, idx, out, model.cond, self.gallery)
             batch = SampleBatch(idx, x, out, sigmas)
             states = {}
             for name, m in metrics.items():

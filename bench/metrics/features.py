@@ -374,7 +374,20 @@ class InceptionExtractor(FeatureExtractor):
 
 
 def make_extractor(name: str = "inception", **params: Any) -> FeatureExtractor:
-    return FEATURES.get(name)(**params)
+    """An extractor from the registry; ``None`` parameters take the extractor's defaults."""
+    import inspect
+
+    from bench.registry import signature_params
+
+    cls = FEATURES.get(name)
+    params = {k: v for k, v in params.items() if v is not None}
+    allowed = signature_params(cls)
+    bad = sorted(set(params) - set(allowed))
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    if bad and not var_kw:
+        raise BenchError(f"feature extractor '{name}' has no parameter(s) {bad}; its parameters: "
+                         f"{', '.join(allowed)}.")
+    return cls(**params)
 
 
 def export_state_dict(weights: ResolvedWeights, out: Path, fc: tuple[Tensor, Tensor] | None = None) -> Path:

@@ -4,7 +4,8 @@ Generated batches go straight to features on the model's device; only features (
 float64 sums) are kept. Non-finite samples are counted and dropped before decoding, never fed
 to the extractor. Metric parameters come from ``MetricContext.params`` (see README, "Fidelity
 metrics"): ``ref`` (refstats id, data set or stats file), ``extractor`` (default inception),
-``weights``, ``resize`` (tf1_bilinear | clean | legacy_pytorch), ``refstats_dir``,
+``weights``, ``arch`` (clip), ``resize`` (inception: tf1_bilinear (default) | clean |
+legacy_pytorch; clip/dinov2 use their model's own preprocessing), ``refstats_dir``,
 ``ref_limit``, ``batch_size``.
 """
 
@@ -23,8 +24,9 @@ from bench.errors import BenchError
 from bench.metrics.base import Metric, MetricContext, SampleBatch, merge_per_sample
 from bench.models.base import ModelAdapter
 
-EXTRACTOR_PARAMS = ("extractor", "weights", "resize", "batch_size")
-COMMON_PARAMS = {"ref": None, "extractor": "inception", "weights": None, "resize": "tf1_bilinear",
+EXTRACTOR_PARAMS = ("extractor", "weights", "arch", "resize", "batch_size")
+#: ``resize``/``arch`` None: the extractor's own default (inception: tf1_bilinear)
+COMMON_PARAMS = {"ref": None, "extractor": "inception", "weights": None, "arch": None, "resize": None,
                  "refstats_dir": None, "ref_limit": None, "batch_size": 64}
 
 _EXTRACTORS: dict[str, Any] = {}

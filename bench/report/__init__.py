@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.report.galleries import render_galleries
 from bench.report.plots import nfe_plot
 from bench.report.tables import fmt, markdown_table, slopes, value_table, cost_table
 
@@ -92,6 +93,13 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
                            out / f"{_slug(suite_name)}_{_slug(model)}_{_slug(metric)}.png")
             written.append(png)
             md += [f"![{metric} vs NFE]({png.name})", "", "Cost:", "", cost_table(g), ""]
+        galleries = render_galleries(Path(results), suite_name, out, _slug)
+        if galleries:
+            md += ["## Samples", "", "The first samples of each cell (same initial noise across "
+                   "samplers), one row per condition:", ""]
+            for name, png in galleries:
+                md += [f"### {name}", "", f"![samples {name}]({png.name})", ""]
+                written.append(png)
         path = out / f"{_slug(suite_name)}.md"
         path.write_text("\n".join(md))
         written.insert(0, path)
