@@ -126,15 +126,20 @@ def tiny_tokenizer(folder: Path) -> "object":
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=8)
 
 
-def save_sd(folder: Path) -> Path:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
+def tiny_cond_unet(channels: int) -> "diffusers.UNet2DConditionModel":
+    """A randomly initialised cross-attention UNet (8x8, text dim 16)."""
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
         cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
+
+
+def save_sd(folder: Path) -> Path:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = tiny_cond_unet(channels=4)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
                                   block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
@@ -264,12 +269,7 @@ def test_suite_on_a_diffusers_folder_keeps_galleries_only_when_asked(cli, write_
 
 
 def test_bare_unet2dcondition_folder_with_embeddings_file(tmp_path) -> None:
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
+    unet = tiny_cond_unet(channels=1)
     unet.save_pretrained(tmp_path / "ckpt" / "unet")
     diffusers.DDPMScheduler().save_pretrained(tmp_path / "ckpt" / "scheduler")
     emb = torch.randn(3, 5, 16)

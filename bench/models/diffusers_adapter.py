@@ -86,7 +86,7 @@ def _load_component(folder: Path, library: str, class_name: str, dtype: torch.dt
         raise BenchError(f"diffusers: component '{folder.name}' needs {library}.{class_name}, which "
                          f"is not importable here; install '{library}'.") from None
     kwargs: dict[str, Any] = {"local_files_only": True}
-    if library == "diffusers" and class_name != "" and not class_name.endswith("Scheduler"):
+    if library == "diffusers" and not class_name.endswith("Scheduler"):
         kwargs["low_cpu_mem_usage"] = False  # no 'accelerate' needed (nor its warning)
     if dtype is not None and hasattr(cls, "dtype"):
         kwargs["torch_dtype"] = dtype
