@@ -15,19 +15,19 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.report import CELL_COLUMNS as KEY, latest_rows
 from bench.report.tables import fmt, markdown_table
 
-KEY = ["suite", "model", "sampler", "nfe", "eval", "metric"]
 LOWER_IS_BETTER = {"rmse", "fid", "kid", "kid_mean", "fid_inf"}
 HIGHER_IS_BETTER = {"is", "inception_score", "precision", "recall", "density", "coverage",
                     "clipscore", "clip_score"}
 
 
 def load_rows(spec: str, results: str | Path = "results") -> pd.DataFrame:
-    """A Parquet file or folder, or a run id (or 'latest') of the results folder."""
+    """A Parquet file or folder (newest row of each cell), or a run id (or 'latest')."""
     p = Path(spec)
     if p.exists():
-        return pd.read_parquet(p)
+        return latest_rows(pd.read_parquet(p))
     from bench.store import ResultStore
 
     store = ResultStore(results)

@@ -45,5 +45,5 @@ def environment() -> dict[str, Any]:
         "torch_version": _version("torch"),
         "numpy_version": _version("numpy"),
         "submitted_from": socket.gethostname(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }

@@ -27,7 +27,25 @@ def load_results(results: str | Path, suite: str | None = None) -> pd.DataFrame:
         df = df[df["suite"] == suite]
         if df.empty:
             raise BenchError(f"no rows for suite {suite!r} in '{path}'.")
-    return df
+    return latest_rows(df)
+
+
+CELL_COLUMNS = ["suite", "model", "sampler", "nfe", "eval", "metric"]
+
+
+def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep the newest row of each cell (suite, model, sampler, NFE, eval, metric).
+
+    A suite rerun after its code or settings changed (another ``config_hash``) writes new rows
+    beside the old ones; a report shows the newest and says how many it left out
+    (``df.attrs['superseded']``: suite -> rows left out).
+    """
+    when = pd.to_datetime(df["created_at"], utc=True, format="ISO8601")
+    order = df.assign(_when=when).sort_values("_when", kind="stable").drop(columns="_when")
+    newest = order.drop_duplicates(CELL_COLUMNS, keep="last").sort_index()
+    dropped = df["suite"].value_counts().sub(newest["suite"].value_counts(), fill_value=0)
+    newest.attrs["superseded"] = {str(k): int(v) for k, v in dropped.items() if v}
+    return newest
 
 
 def _slug(s: str) -> str:
@@ -68,6 +86,9 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
         md += [f"{len(sdf)} result rows from run(s) {', '.join(runs)}; git {sdf['git_revision'].iloc[0]}"
                f", torch {sdf['torch_version'].iloc[0]}, device {sdf['device'].iloc[0]}, "
                f"code hash {sdf['code_hash'].iloc[0]}.", ""]
+        if n_old := df.attrs.get("superseded", {}).get(suite_name):
+            md += [f"{n_old} older row(s) of the same cells (an earlier run with other code or "
+                   "settings) are left out; the newest row of each cell is shown.", ""]
         for (model, metric), g in sdf.groupby(["model", "metric"], sort=True):
             md += [f"## {model} — {metric}", "",
                    f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
@@ -106,4 +127,4 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     return written
 
 
-__all__ = ["render", "load_results", "fmt"]
+__all__ = ["render", "load_results", "latest_rows", "fmt"]
