@@ -59,6 +59,14 @@ def test_fid_vs_nfe_rows_name_what_they_were_computed_against(cli, write_suite, 
     # a second run recomputes nothing
     code, out, _ = cli("run", suite, "--results", results, "--executor", "debug")
     assert code == 0 and " 0 computed, 8 already done" in out
+    # the report says what each metric's bracket is (KID's is -/+ std over subsets, not a CI)
+    assert cli("report", results, "--out", tmp_path / "rep")[0] == 0
+    md = (tmp_path / "rep" / "fid-vs-nfe.md").read_text()
+    sections = {s.split("\n", 1)[0].rsplit("— ", 1)[-1]: s for s in md.split("\n## ")[1:]}
+    assert "jackknife" in sections["fid"] and "95% CI" in sections["fid"]
+    assert "std over subsets" in sections["kid"] and "95% CI" not in sections["kid"]
+    for m in ("precision", "recall", "density", "coverage"):
+        assert "mean [95% CI] over samples" in sections[m], m
 
 
 def test_same_fid_whatever_the_sharding(cli, write_suite, ref_npz, tmp_path):

@@ -64,6 +64,23 @@ def suite_report_options(results: str | Path, suite: str) -> dict:
     return {}
 
 
+#: What ``[ci_low, ci_high]`` means for metrics whose interval is not a t-CI of a mean over
+#: samples (each metric's paper convention; see ``bench/metrics``).
+INTERVALS = {
+    "fid": "value [95% CI: delete-a-group jackknife over the generated samples, reference held "
+           "fixed; percentile bootstrap instead when the eval sets `bootstrap`]",
+    "kid": "mean over subsets [mean - std, mean + std over subsets], as torch-fidelity and the "
+           "KID paper report",
+    "isc": "mean over splits [mean - std, mean + std over splits], as the Inception Score "
+           "paper reports",
+}
+
+
+def interval_caption(metric: str) -> str:
+    """The caption of a metric's value table: what its value and its bracket are."""
+    return INTERVALS.get(metric, "mean [95% CI] over samples")
+
+
 def render(results: str | Path, out: str | Path, suite: str | None = None,
            fit_min_nfe: int | None = None) -> list[Path]:
     """Write ``out/<suite>.md`` and one PNG per (model, metric); return the written paths.
@@ -83,9 +100,11 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
             suite_report_options(results, suite_name).get("fit_min_nfe", 0))
         md = [f"# Report: {suite_name}", ""]
         runs = sorted(sdf["run_id"].unique())
-        md += [f"{len(sdf)} result rows from run(s) {', '.join(runs)}; git {sdf['git_revision'].iloc[0]}"
-               f", torch {sdf['torch_version'].iloc[0]}, device {sdf['device'].iloc[0]}, "
-               f"code hash {sdf['code_hash'].iloc[0]}.", ""]
+        md += [f"{len(sdf)} result rows from run(s) {', '.join(runs)}; "
+               + "; ".join(f"{label} {', '.join(sorted(sdf[col].astype(str).unique()))}"
+                           for label, col in (("git", "git_revision"), ("torch", "torch_version"),
+                                              ("device", "device"), ("code hash", "code_hash")))
+               + ".", ""]
         if n_old := df.attrs.get("superseded", {}).get(suite_name):
             md += [f"{n_old} older row(s) of the same cells (an earlier run with other code or "
                    "settings) are left out; the newest row of each cell is shown.", ""]
@@ -93,7 +112,7 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
             md += [f"## {model} — {metric}", "",
                    f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
                    f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
-                   "mean [95% CI] over samples.", "", value_table(g), ""]
+                   f"{interval_caption(metric)}.", "", value_table(g), ""]
             fits = slopes(g, min_nfe)
             params = dict(zip(g["sampler"], g["sampler_params"]))
             rows = []
@@ -127,4 +146,4 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     return written
 
 
-__all__ = ["render", "load_results", "latest_rows", "fmt"]
+__all__ = ["render", "load_results", "latest_rows", "fmt", "interval_caption"]
