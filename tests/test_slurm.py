@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -76,14 +77,14 @@ def test_slurm_job_array_gives_the_same_numbers_as_local(cluster, cli, write_sui
 
 
 def _slow_suite(write_suite, name: str):
-    # one shard of 12 batches, about 0.3 s each here
+    # one shard of 24 batches (~0.1 s each on an idle core): the signal lands well before its end
     return write_suite(small_suite(
-        name=name, executor=SLURM, samples=96, batch_size=8, nfe=[80], samplers=["heun"],
+        name=name, executor=SLURM, samples=192, batch_size=8, nfe=[80], samplers=["heun"],
         models=[{"name": "gmm", "params": {"shape": [3, 16, 16], "cov": "full"}}]), name=f"{name}.yaml")
 
 
-def _wait_running(res: Path, at_sample: int = 16, deadline: float = 90) -> dict:
-    """The marker of a shard that has finished at least `at_sample` samples (2 batches)."""
+def _wait_running(res: Path, at_sample: int = 16, deadline: float = 90, min_nfe: int = 0) -> dict:
+    """The marker of a shard (of NFE >= `min_nfe`) that has finished at least `at_sample` samples."""
     end = time.time() + deadline
     while time.time() < end:
         for p in (res / "_running").glob("*.json") if (res / "_running").is_dir() else []:
@@ -91,7 +92,9 @@ def _wait_running(res: Path, at_sample: int = 16, deadline: float = 90) -> dict:
                 info = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-            if info.get("slurm_job_id") and info.get("next_index", 0) >= at_sample:
+            nfe = re.search(r"/nfe=(\d+)/", info.get("cell", ""))
+            if (info.get("slurm_job_id") and info.get("next_index", 0) >= at_sample
+                    and nfe and int(nfe.group(1)) >= min_nfe):
                 return info
         time.sleep(0.2)
     raise TimeoutError("no shard started running")
@@ -102,7 +105,7 @@ def test_preempted_job_resumes_mid_shard_with_identical_numbers(cluster, write_s
     res = tmp_path / "res"
     driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite), "--results",
                                str(res)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    info = _wait_running(res)  # two batches in, 10 to go
+    info = _wait_running(res)  # two batches in, 22 to go
     # what Slurm sends before preemption / the time limit (submitit's --signal=USR2@...)
     cluster.run("scancel", "--signal=USR2", info["slurm_job_id"])
     out, err = driver.communicate(timeout=300)
@@ -124,15 +127,16 @@ def test_preempted_job_resumes_mid_shard_with_identical_numbers(cluster, write_s
 
 
 def test_hard_kill_leaves_no_partial_result_and_rerun_completes_missing(cluster, write_suite, tmp_path):
-    # the NFE-160 shards take several seconds after the first batch: time for `bench cancel`
-    data = small_suite(name="kill", executor=SLURM, samples=192, batch_size=8, nfe=[10, 160],
+    # an NFE-160 shard takes ~13 s on one core (96 batches): once one is past its first batch,
+    # `bench cancel` has >10 s to kill it (at 192 samples, ~3 s, it lost that race on an idle CPU)
+    data = small_suite(name="kill", executor=SLURM, samples=768, batch_size=8, nfe=[10, 160],
                        samplers=["euler", "heun"],
                        models=[{"name": "gmm", "params": {"shape": [3, 16, 16], "cov": "full"}}])
     suite = write_suite(data, name="kill.yaml")
     res = tmp_path / "res"
     driver = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite), "--results",
                                str(res)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_running(res, at_sample=8)
+    _wait_running(res, at_sample=8, min_nfe=100)
     cancel = _bench("cancel", "latest", "--results", res)  # scancel: SIGTERM, SIGKILL, no requeue
     assert "cancelled: slurm job" in cancel.stdout
     out, err = driver.communicate(timeout=300)
