@@ -79,7 +79,7 @@ def make_executor(name: str, folder: Path, params: dict[str, Any]):  # -> submit
 def _cost(cell: Cell) -> float:
     """Network evaluations of a shard (NFE x samples), not steps: a 2-evaluation-per-step
     solver costs what its NFE says. Per-image feature extraction is not counted."""
-    return float(max(cell.nfe, 1) * (cell.stop - cell.start))
+    return float(cell.nfe * (cell.stop - cell.start))
 
 
 def pack(cells: list[Cell], n_jobs: int) -> list[list[Cell]]:

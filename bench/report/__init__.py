@@ -64,21 +64,15 @@ def suite_report_options(results: str | Path, suite: str) -> dict:
     return {}
 
 
-#: What ``[ci_low, ci_high]`` means for metrics whose interval is not a t-CI of a mean over
-#: samples (each metric's paper convention; see ``bench/metrics``).
-INTERVALS = {
-    "fid": "value [95% CI: delete-a-group jackknife over the generated samples, reference held "
-           "fixed; percentile bootstrap instead when the eval sets `bootstrap`]",
-    "kid": "mean over subsets [mean - std, mean + std over subsets], as torch-fidelity and the "
-           "KID paper report",
-    "isc": "mean over splits [mean - std, mean + std over splits], as the Inception Score "
-           "paper reports",
-}
-
-
 def interval_caption(metric: str) -> str:
-    """The caption of a metric's value table: what its value and its bracket are."""
-    return INTERVALS.get(metric, "mean [95% CI] over samples")
+    """What a metric's value and bracket are: its registry description, which names the
+    interval its paper reports (FID: jackknife/bootstrap CI; KID, IS: mean -/+ std), else a
+    95% t-CI of the mean over samples (rows such as precision/recall, rmse)."""
+    from bench.registry import METRICS
+
+    if metric in METRICS:
+        return f"{metric}: {METRICS.entry(metric).description}"
+    return "mean [95% CI] over samples"
 
 
 def render(results: str | Path, out: str | Path, suite: str | None = None,
