@@ -190,7 +190,7 @@ def test_inception_score_is_torch_fidelitys():
 
 # --------------------------------------------------------------------- weights and logits head
 def test_missing_weights_message_names_every_way(monkeypatch, tmp_path):
-    import bench.metrics.features as F
+    import bench.metrics.inception_weights as F
 
     monkeypatch.delenv(F.WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
@@ -208,7 +208,7 @@ def test_missing_weights_message_names_every_way(monkeypatch, tmp_path):
 
 def test_inception_score_refuses_pool_only_weights_plainly():
     w = S.inception_weights()
-    from bench.metrics.features import InceptionExtractor
+    from bench.metrics.inception import InceptionExtractor
     from bench.metrics.isc import InceptionScore
 
     ext = InceptionExtractor(weights=str(w.path))
@@ -219,8 +219,9 @@ def test_inception_score_refuses_pool_only_weights_plainly():
 
 
 def test_weights_with_a_logits_head_give_logits(tmp_path):
-    from bench.metrics.features import (InceptionExtractor, ResolvedWeights, export_state_dict,
-                                        file_sha256)
+    from bench.metrics.features import file_sha256
+    from bench.metrics.inception import InceptionExtractor
+    from bench.metrics.inception_weights import ResolvedWeights, export_state_dict
 
     g = torch.Generator().manual_seed(0)
     fc = (torch.randn(1008, 2048, generator=g) * 0.01, torch.zeros(1008))  # synthetic head

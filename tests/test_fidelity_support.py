@@ -86,7 +86,7 @@ def images(split: str, start: int, stop: int) -> torch.Tensor:
 @lru_cache(maxsize=1)
 def inception_weights() -> Any:
     from bench.errors import BenchError
-    from bench.metrics.features import resolve_inception_weights
+    from bench.metrics.inception_weights import resolve_inception_weights
 
     try:
         return resolve_inception_weights(allow_download=False)
@@ -96,7 +96,7 @@ def inception_weights() -> Any:
 
 @lru_cache(maxsize=None)
 def extractor(resize: str) -> Any:
-    from bench.metrics.features import InceptionExtractor
+    from bench.metrics.inception import InceptionExtractor
 
     return InceptionExtractor(weights=str(inception_weights().path), resize=resize, batch_size=50)
 
@@ -110,7 +110,7 @@ def features(split: str, start: int, stop: int, resize: str) -> np.ndarray:
 @lru_cache(maxsize=1)
 def torch_fidelity_weights_file() -> Path:
     """The same weights as a torch-fidelity/pytorch-fid state dict (logits head NaN)."""
-    from bench.metrics.features import export_state_dict
+    from bench.metrics.inception_weights import export_state_dict
 
     return export_state_dict(inception_weights(), TMP / "weights" / "converted.pth")
 

@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -41,3 +42,10 @@ def test_no_machine_paths_in_tracked_files():
 def test_top_level_layout():
     for name in ("pyproject.toml", "README.md", "bench", "suites", "results", "tests", "reports"):
         assert (ROOT / name).exists(), name
+
+
+def test_python_dash_m_bench_runs_the_cli():
+    r = subprocess.run([sys.executable, "-m", "bench", "list", "samplers"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "ddim" in r.stdout

@@ -1,5 +1,6 @@
-"""Against a real single-node Slurm cluster (see bench/slurm_local.py): same numbers as the local
-executor, job arrays, preemption + requeue resuming mid-shard, hard kills, failing cells."""
+"""Against a real single-node Slurm cluster (see tests/support/slurm_local.py): same numbers as
+the local executor, job arrays, preemption + requeue resuming mid-shard, hard kills, failing
+cells."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import small_suite
-from bench.slurm_local import SlurmCluster, unavailable_reason
+from support.slurm_local import SlurmCluster, unavailable_reason
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))

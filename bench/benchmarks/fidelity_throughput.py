@@ -58,7 +58,7 @@ def main() -> None:
     from pathlib import Path
 
     from bench.data import open_dataset
-    from bench.metrics.features import export_state_dict, resolve_inception_weights
+    from bench.metrics.inception_weights import export_state_dict, resolve_inception_weights
 
     w = resolve_inception_weights()
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,8 +18,18 @@ from pathlib import Path
 import yaml
 
 from bench.dispatch import run_suite
-from bench.slurm_local import SlurmCluster, unavailable_reason
 from bench.suite import load_suite
+
+# the Slurm test-cluster launcher is test tooling (tests/support/slurm_local.py), not part of the
+# installed package: this benchmark runs from a checkout of the repository
+TESTS = Path(__file__).resolve().parents[2] / "tests"
+if not (TESTS / "support" / "slurm_local.py").is_file():
+    raise ImportError(f"bench.benchmarks.slurm needs the repository's tests/support/slurm_local.py "
+                      f"(not found under {TESTS}): run it from a checkout of the repository, "
+                      f"installed with 'pip install -e .'.")
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+from support.slurm_local import SlurmCluster, unavailable_reason  # noqa: E402
 
 TRIVIAL = {"name": "trivial", "samples": 1, "nfe": [1], "samplers": ["euler"], "evals": ["nfe_curve"],
            "models": [{"name": "gmm", "params": {"shape": [2]}}]}

@@ -1,5 +1,9 @@
 """A real single-node Slurm cluster (22.05) on this machine, for tests and benchmarks.
 
+Test tooling, not part of the installed package: tests import it as ``support.slurm_local``
+(pytest puts ``tests/`` on ``sys.path``); ``python -m bench.benchmarks.slurm``, run from the
+repository, puts the repository's ``tests/`` folder on ``sys.path`` itself.
+
 munged, MariaDB, slurmdbd, slurmctld and slurmd run with all their state under one temporary
 folder; ``SLURM_CONF`` points every daemon and client (and, inherited, every job) at it. Each
 daemon is waited for with a deadline and stopped by PID afterwards (jobs cancelled first, slurmd
