@@ -257,18 +257,25 @@ def validate(data: dict[str, Any], source: str) -> Suite:
 
 
 def _grid(src: str, where: str, sampler: dict[str, Any]) -> dict[str, Any]:
-    from bench.samplers import sampler_info
+    """Effective grid: the sampler's default grid, then the user's ``grid:``, then the sampler
+    params its grid depends on (``grid_params``, e.g. dpm_solver_fast's order), stated once."""
+    from bench.samplers.base import GridParamConflict, sampler_grid
 
-    default = dict(sampler_info(sampler["name"]).grid)
-    g = sampler.get("grid")
-    if g is None:
-        return default
-    if isinstance(g, str):
-        g = {"name": g}
-    if not isinstance(g, dict):
-        raise SuiteError(src, where, f"must be a grid name or mapping, got {g!r}.",
+    user = sampler.get("grid")
+    if isinstance(user, str):
+        user = {"name": user}
+    if user is not None and not isinstance(user, dict):
+        raise SuiteError(src, where, f"must be a grid name or mapping, got {user!r}.",
                          f"e.g. 'grid: {{name: karras, rho: 7}}' (grids: {', '.join(GRIDS.names())}).")
-    g = {**(default if g.get("name", default["name"]) == default["name"] else {}), **g}
+    try:
+        g = sampler_grid(sampler["name"], sampler.get("params") or {}, user)
+    except GridParamConflict as exc:
+        raise SuiteError(src, f"{where}.{exc.key}", f"is {exc.grid_value!r}, but sampler "
+                         f"'{exc.sampler}' uses {exc.key}={exc.value!r} "
+                         f"({'its params' if exc.in_params else 'its default'}); the grid takes "
+                         f"{exc.key} from the sampler's params.",
+                         f"state it once, in params: write 'params: {{{exc.key}: ...}}' with the "
+                         f"value you mean and drop '{exc.key}' from grid.") from None
     if g.get("name") not in GRIDS:
         raise SuiteError(src, f"{where}.name", f"unknown grid {g.get('name')!r}."
                          f"{close_matches(str(g.get('name')), GRIDS.names())}",

@@ -15,6 +15,7 @@ from bench.models.gmm import GMMOracle
 from bench.noise import NoiseSource
 from bench.registry import SAMPLERS
 from bench.samplers import nfe_for_steps, sampler_info
+from bench.samplers.base import sampler_grid
 from bench.samplers.schedules import grid_final_zero, make_grid
 
 ORACLE = GMMOracle(shape=(1, 4, 4), cov="full", var_min=0.05, seed=1)  # bit-exact batch invariance
@@ -26,9 +27,10 @@ EXTRA = [("ddim", {"eta": 1.0}), ("ddpm", {"variance": "large"}), ("euler", {"s_
          ("heun", {"s_churn": 20.0, "s_tmin": 0.05, "s_tmax": 20.0}), ("euler_ancestral", {"eta": 0.5}),
          ("analytic_dpm", {"eta": 0.0}), ("unipc", {"order": 3, "variant": "bh1"}),
          ("dpm_solver_fast", {"order": 2})]
-#: samplers that need a parameter to run at all, and the grid that goes with it
+#: samplers that need a parameter to run at all (their grid takes it from the params)
 REQUIRED = {"diffusers": {"scheduler": "DPMSolverMultistepScheduler"}}
-OWN_GRID = {"diffusers": {"name": "diffusers", "scheduler": "DPMSolverMultistepScheduler"}}
+#: samplers that run on their own grid only
+OWN_GRID = {"diffusers": {"name": "diffusers"}}
 GRIDS = [None, {"name": "karras", "final_zero": True}, {"name": "karras", "final_zero": False},
          {"name": "logsnr", "final_zero": True}]
 
@@ -41,13 +43,13 @@ def _run(name: str, params: dict, grid: dict, steps: int, indices, seed: int = 5
          step_seed: int | None = None):
     """Initial noise from stream ``seed``; step noise from the same stream, or ``step_seed``."""
     den = CountingDenoiser(_model(name))
-    sigmas = make_grid(grid, den.schedule, steps)
+    params = {**REQUIRED.get(name, {}), **params}
+    sigmas = make_grid(sampler_grid(name, params, grid), den.schedule, steps)
     noise = NoiseSource(seed, indices)
     x = noise.randn((1, 4, 4)) * sigmas[0]
     if step_seed is not None:
         noise = NoiseSource(step_seed, indices)
     calls = []
-    params = {**REQUIRED.get(name, {}), **params}
     out = SAMPLERS.get(name)(den, x, sigmas, noise=noise, callback=calls.append, **params)
     return out, den.nfe, calls
 
@@ -57,7 +59,10 @@ def test_every_sampler_has_the_one_signature_and_documents_its_paper() -> None:
         fn = SAMPLERS.get(name)
         sig = inspect.signature(fn)
         params = list(sig.parameters.values())
-        assert [p.name for p in params[:3]] == ["model", "x", "sigmas"], name
+        assert [p.name for p in params[:4]] == ["model", "x", "sigmas", "cond"], name
+        assert sig.parameters["cond"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert sig.parameters["cond"].default is None, name
+        assert "cond" not in SAMPLERS.entry(name).params(), name  # not a suite param
         assert sig.parameters["noise"].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert sig.parameters["callback"].kind is inspect.Parameter.KEYWORD_ONLY, name
         for p in params[3:]:
@@ -77,6 +82,7 @@ def test_counted_nfe_equals_reported_nfe(name: str) -> None:
             grid = OWN_GRID[name]
         if info.grid["name"] == "dpm_fast" and grid["name"] != "dpm_fast":
             grid = {**info.grid, "final_zero": grid.get("final_zero", False)}
+        grid = sampler_grid(name, REQUIRED.get(name, {}), grid)
         for steps in (1, 2, 3, 7):
             out, nfe, calls = _run(name, {}, grid, steps, range(4))
             assert nfe == nfe_for_steps(info.evals_per_step, steps, grid_final_zero(grid)), (grid, steps)
@@ -91,9 +97,7 @@ STOCHASTIC_EXTRA = [c for c in CONFIGS[len(NAMES):] if c[0] not in ("unipc", "dp
 
 @pytest.mark.parametrize("name, params", CONFIGS, ids=[f"{n}-{p}" for n, p in CONFIGS])
 def test_same_samples_for_batch_sizes_1_5_32(name: str, params: dict) -> None:
-    grid = OWN_GRID.get(name, sampler_info(name).grid)
-    if name == "diffusers":
-        grid = {**grid, "scheduler": params.get("scheduler", grid["scheduler"])}
+    grid = sampler_grid(name, {**REQUIRED.get(name, {}), **params})  # e.g. dpm_fast's order
     full, nfe, _ = _run(name, params, grid, 6, range(32))
     parts = [_run(name, params, grid, 6, range(a, b))[0] for a, b in [(0, 1), (1, 6), (6, 32)]]
     assert torch.equal(torch.cat(parts), full)
@@ -129,3 +133,41 @@ def test_bad_params_name_param_value_and_fix(name: str, params: dict, match: str
     noise = NoiseSource(0, range(2))
     with pytest.raises(ValueError, match=match):
         SAMPLERS.get(name)(den, noise.randn((1, 4, 4)) * sigmas[0], sigmas, noise=noise, **params)
+
+
+class CondRecorder:
+    """A denoiser wrapper that records the ``cond`` of every call (and ignores it)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.schedule, self.conds = inner, inner.schedule, []
+
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def uncounted(self):  # precomputations (Analytic-DPM's Gamma) are unconditional
+        return self.inner
+
+    def __call__(self, x, sigma, cond=None):
+        self.conds.append(cond)
+        return self.inner(x, sigma)
+
+
+@pytest.mark.parametrize("name, params", CONFIGS, ids=[f"{n}-{p}" for n, p in CONFIGS])
+def test_every_model_call_receives_the_cond_passed_to_the_sampler(name: str, params: dict) -> None:
+    params = {**REQUIRED.get(name, {}), **params}
+    info = sampler_info(name)
+    grid = sampler_grid(name, params)
+    marker = object()
+    for steps in (1, 4):
+        model = CondRecorder(_model(name))
+        sigmas = make_grid(grid, model.schedule, steps)
+        noise = NoiseSource(0, range(3))
+        out = SAMPLERS.get(name)(model, noise.randn((1, 4, 4)) * sigmas[0], sigmas, cond=marker,
+                                 noise=noise, **params)
+        assert torch.isfinite(out).all()
+        assert len(model.conds) == nfe_for_steps(info.evals_per_step, steps, grid_final_zero(grid))
+        dropped = [i for i, c in enumerate(model.conds) if c is not marker]
+        assert not dropped, f"{name}: model calls {dropped} of {len(model.conds)} got no cond"

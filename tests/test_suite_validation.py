@@ -97,3 +97,56 @@ def test_shards_cover_samples_exactly(write_suite):
                                                     samplers=["ddim"]))))
     assert [(c.start, c.stop) for c in cells] == [(0, 10), (10, 20), (20, 25)]
     assert len({c.group for c in cells}) == 1 and len({c.key for c in cells}) == 3
+
+
+def test_dpm_solver_fast_order_in_params_is_the_grid_order(write_suite):
+    """A choice the grid depends on is stated once, in the sampler's params."""
+    fast = {"name": "dpm_solver_fast", "params": {"order": 2}}
+    s = load_suite(write_suite(small_suite(samplers=[fast, {**fast, "label": "default",
+                                                            "params": {}}])))
+    cells = plan(s)
+    two = [c for c in cells if c.sampler["label"] == "dpm_solver_fast"]
+    assert two and all(c.sampler["grid"] == {"name": "dpm_fast", "order": 2} for c in two)
+    dflt = [c for c in cells if c.sampler["label"] == "default"]
+    assert dflt and all(c.sampler["grid"] == {"name": "dpm_fast", "order": 3} for c in dflt)
+    # the same value in both places is accepted; other grid fields are kept
+    same = {**fast, "grid": {"name": "dpm_fast", "order": 2, "skip": "time_uniform"}}
+    grid = load_suite(write_suite(small_suite(samplers=[same]), name="b.yaml")).samplers[0]["grid"]
+    assert grid == {"name": "dpm_fast", "order": 2, "skip": "time_uniform"}
+
+
+def test_grid_order_that_contradicts_sampler_params_names_field_values_and_fix(cli, write_suite):
+    from bench.errors import SuiteError
+
+    bad = {"name": "dpm_solver_fast", "params": {"order": 2}, "grid": {"name": "dpm_fast", "order": 3}}
+    p = write_suite(small_suite(samplers=["ddim", bad]))
+    with pytest.raises(SuiteError) as exc:
+        load_suite(p)
+    assert exc.value.field == "samplers[1].grid.order"
+    assert "3" in exc.value.problem and "order=2" in exc.value.problem
+    assert "state it once, in params" in exc.value.fix
+    err = _err(cli, p)
+    assert "samplers[1].grid.order" in err and "state it once, in params" in err
+    # a grid order against the sampler's default (3) is a contradiction too
+    only_grid = {"name": "dpm_solver_fast", "grid": {"name": "dpm_fast", "order": 2}}
+    with pytest.raises(SuiteError, match=r"samplers\[0\]\.grid\.order.*order=3"):
+        load_suite(write_suite(small_suite(samplers=[only_grid]), name="b.yaml"))
+
+
+def test_diffusers_scheduler_in_params_only_gives_its_grid(write_suite):
+    from bench.errors import SuiteError
+
+    smp = {"name": "diffusers", "params": {"scheduler": "DDIMScheduler"}}
+    models = [{"name": "gmm", "label": "g", "params": {"shape": [1, 4, 4], "schedule": "discrete"}}]
+    s = load_suite(write_suite(small_suite(samplers=[smp], models=models)))
+    assert s.samplers[0]["grid"] == {"name": "diffusers", "scheduler": "DDIMScheduler"}
+    assert all(c.sampler["grid"]["scheduler"] == "DDIMScheduler" for c in plan(s))
+    cfg = {"name": "diffusers", "params": {"scheduler": "DDIMScheduler",
+                                           "config": {"clip_sample": False}}}
+    s = load_suite(write_suite(small_suite(samplers=[cfg], models=models), name="b.yaml"))
+    assert s.samplers[0]["grid"] == {"name": "diffusers", "scheduler": "DDIMScheduler",
+                                     "config": {"clip_sample": False}}
+    other = {**smp, "grid": {"name": "diffusers", "scheduler": "PNDMScheduler"}}
+    with pytest.raises(SuiteError, match=r"samplers\[0\]\.grid\.scheduler.*PNDMScheduler.*"
+                                         r"DDIMScheduler"):
+        load_suite(write_suite(small_suite(samplers=[other], models=models), name="c.yaml"))

@@ -76,7 +76,7 @@ def estimate_gamma(model: Denoiser, levels: Tensor, *, samples: int = 1000, seed
                   paper="Bao et al. 2022 (Analytic-DPM), Theorem 1 with Monte Carlo Gamma (eq. 8)",
                   description="Analytic-DPM: DDPM/DDIM mean with the optimal reverse variance "
                               "(eta=1 analytic-DDPM, eta=0 analytic-DDIM); Bao et al. 2022")
-def sample_analytic_dpm(model: Denoiser, x: Tensor, sigmas: Tensor, *,
+def sample_analytic_dpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
                         noise: NoiseSource | None = None, callback: Callable | None = None,
                         eta: float = 1.0, gamma_samples: int = 1000, gamma_seed: int = 0) -> Tensor:
     check_range("analytic_dpm", "eta", eta, 0.0, 1.0)
@@ -87,7 +87,7 @@ def sample_analytic_dpm(model: Denoiser, x: Tensor, sigmas: Tensor, *,
     ones = x.new_ones(x.shape[0])
     for i in range(len(sigmas) - 1):
         s, t = sigmas[i], sigmas[i + 1]
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         if t == 0:
             x = x0
         else:

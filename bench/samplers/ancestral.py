@@ -15,7 +15,7 @@ step to ``s' = 0``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ def ancestral_step(s: Tensor, s_next: Tensor, eta: float) -> tuple[Tensor, Tenso
                   paper="Karras et al. 2022 Euler step + ancestral noise (k-diffusion "
                         "sample_euler_ancestral; Song et al. 2021 DDIM eq. 16 split)",
                   description="Euler ancestral (eta=1: DDPM-like noise split); k-diffusion")
-def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *,
+def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
                            noise: NoiseSource | None = None, callback: Callable | None = None,
                            eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
     check_range("euler_ancestral", "eta", eta, 0.0)
@@ -47,7 +47,7 @@ def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *,
     ones = x.new_ones(x.shape[0])
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         s_down, s_up = ancestral_step(s, s_next, eta)
         x = x + (s_down - s) * (x - x0) / s
         if s_next > 0 and eta > 0:

@@ -2,12 +2,15 @@
 
 Every sampler is a plain function with one signature::
 
-    fn(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-       callback: Callable | None = None, **params) -> Tensor
+    fn(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+       noise: NoiseSource | None = None, callback: Callable | None = None, **params) -> Tensor
 
 ``x`` is the initial batch at ``sigmas[0]`` (``sigmas[0] * z`` for fresh noise), in the
-data-scaled frame; the return value is the batch at ``sigmas[-1]``. The time grid is chosen
-separately (``bench.samplers.schedules``) as in k-diffusion.
+data-scaled frame; the return value is the batch at ``sigmas[-1]``. ``cond`` is the condition
+(e.g. class labels) passed as the third argument of every model call, ``model(x, s, cond)``, as in
+k-diffusion / EDM; ``None`` leaves it to the model. The time grid is chosen separately
+(``bench.samplers.schedules``) as in k-diffusion; a sampler whose grid depends on one of its
+params (``grid_params``) states it once, in params, and the suite forwards it to the grid.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class SamplerInfo:
     paper: str
     #: order of accuracy in the step size as the paper states, or a function of the params
     order: int | Callable[[dict[str, Any]], int | None] | None = None
+    #: sampler params that the default grid takes too (same name): forwarded from params
+    grid_params: tuple[str, ...] = ()
 
     def order_for(self, params: dict[str, Any]) -> int | None:
         """Theoretical ODE order for these params; None for stochastic samplers (their error
@@ -38,20 +43,64 @@ class SamplerInfo:
 
 def register_sampler(name: str, *, evals_per_step: int, grid: dict[str, Any], paper: str,
                      order: int | Callable[[dict[str, Any]], int | None] | None = None,
-                     stochastic: bool = False,
+                     stochastic: bool = False, grid_params: tuple[str, ...] = (),
                      description: str = "") -> Callable:
     """Register a sampler with its cost per step, default grid and the paper it implements.
+
+    ``grid_params`` names sampler params that the default grid depends on as well (e.g.
+    DPM-Solver-fast's ``order``): a suite states them once, in the sampler's params, and its grid
+    (when it is the default grid) gets the same values (``grid_values``).
 
     A step that ends at s = 0 is a single denoising evaluation for every sampler (as in
     EDM's Heun and k-diffusion's DPM-2), so on a grid ending at 0 the NFE of ``n`` steps is
     ``k (n - 1) + 1`` and otherwise ``k n``, with ``k = evals_per_step``.
     """
-    info = SamplerInfo(evals_per_step, dict(grid), stochastic, paper, order)
+    info = SamplerInfo(evals_per_step, dict(grid), stochastic, paper, order, tuple(grid_params))
     return SAMPLERS.register(name, description, info=info)
 
 
 def sampler_info(name: str) -> SamplerInfo:
     return SAMPLERS.entry(name).meta["info"]
+
+
+def grid_values(name: str, params: dict[str, Any], grid_name: str | None = None) -> dict[str, Any]:
+    """The sampler's ``grid_params`` as its grid must get them: the value in ``params``, else the
+    sampler's default (a None value means unset: the grid gets no such key).
+
+    Empty when ``grid_name`` is not the sampler's default grid (other grids do not take them).
+    """
+    info = sampler_info(name)
+    if not info.grid_params or (grid_name is not None and grid_name != info.grid["name"]):
+        return {}
+    defaults = SAMPLERS.entry(name).params()
+    return {k: params.get(k, defaults.get(k)) for k in info.grid_params}
+
+
+def sampler_grid(name: str, params: dict[str, Any], grid: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """The grid a sampler runs on with these params: the default grid's fields, then ``grid``
+    (if given), then the sampler's ``grid_params`` from ``params``. A ``grid_params`` key that
+    ``grid`` sets to another value raises BenchError (state it once, in params)."""
+    default = sampler_info(name).grid
+    user = dict(grid or {})
+    g = {**(default if user.get("name", default["name"]) == default["name"] else {}), **user}
+    for k, v in grid_values(name, params, g.get("name")).items():
+        if k in user and user[k] != v:
+            raise GridParamConflict(name, k, user[k], v, k in params)
+        if v is not None:
+            g[k] = v
+    return g
+
+
+class GridParamConflict(BenchError):
+    """A grid sets one of the sampler's ``grid_params`` to another value than the sampler uses."""
+
+    def __init__(self, sampler: str, key: str, grid_value: Any, value: Any, in_params: bool) -> None:
+        self.sampler, self.key, self.grid_value, self.value = sampler, key, grid_value, value
+        self.in_params = in_params
+        super().__init__(f"{sampler}: grid {key}={grid_value!r} differs from the sampler's "
+                         f"{key}={value!r} ({'params' if in_params else 'default'}); state it "
+                         f"once, in the sampler's params.")
 
 
 def nfe_for_steps(evals_per_step: int, steps: int, final_zero: bool) -> int:

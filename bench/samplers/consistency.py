@@ -16,7 +16,7 @@ an exact one); ``epsilon`` defaults to the model's ``consistency_sigma_min``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ from bench.samplers.base import register_sampler
                   paper="Song et al. 2023 (Consistency Models), Algorithm 1 (multistep sampling)",
                   description="Multistep consistency sampling for consistency-parameterised "
                               "models; Song et al. 2023")
-def sample_consistency(model: Denoiser, x: Tensor, sigmas: Tensor, *,
+def sample_consistency(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
                        noise: NoiseSource | None = None, callback: Callable | None = None,
                        sigma_min: float | None = None) -> Tensor:
     param = getattr(model, "parameterisation", "x0")
@@ -46,7 +46,7 @@ def sample_consistency(model: Denoiser, x: Tensor, sigmas: Tensor, *,
     ones = x.new_ones(x.shape[0])
     for i in range(len(sigmas) - 1):
         s, t = sigmas[i], sigmas[i + 1]
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         if float(t) <= eps:
             x = x0
         else:

@@ -8,7 +8,7 @@ eq. 12's ``sigma_t(eta)`` divided by ``alpha_{t'}``; ``eta = 0`` is the determin
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -21,7 +21,8 @@ from bench.samplers.base import register_sampler
 @register_sampler("ddim", order=lambda p: None if p.get("eta", 0) else 1, evals_per_step=1, grid={"name": "time_uniform"},
                   paper="Song et al. 2021 (DDIM), eq. 12",
                   description="DDIM with eta (0 = deterministic); Song et al. 2021")
-def sample_ddim(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_ddim(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                noise: NoiseSource | None = None,
                 callback: Callable | None = None, eta: float = 0.0) -> Tensor:
     if eta < 0:
         raise ValueError(f"ddim: eta must be >= 0, got {eta}")
@@ -30,7 +31,7 @@ def sample_ddim(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
     ones = x.new_ones(x.shape[0])
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         if s_next == 0:
             x = x0
         else:

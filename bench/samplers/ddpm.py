@@ -20,7 +20,7 @@ A step to ``s' = 0`` is the final denoising step ``x' = x0_hat`` (Algorithm 2 ad
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -44,13 +44,14 @@ def ddpm_step_std(s: Tensor, s_next: Tensor, variance: str) -> Tensor:
                   paper="Ho et al. 2020 (DDPM), Algorithm 2 with sigma_t^2 = beta~_t or beta_t",
                   description="DDPM ancestral sampling, variance small (beta~) or large (beta); "
                               "Ho et al. 2020")
-def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                noise: NoiseSource | None = None,
                 callback: Callable | None = None, variance: str = "small") -> Tensor:
     check_choice("ddpm", "variance", variance, VARIANCES)
     ones = x.new_ones(x.shape[0])
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         if s_next == 0:
             x = x0
         else:

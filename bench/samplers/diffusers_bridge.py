@@ -6,14 +6,14 @@ samplers:
   - name: diffusers
     label: diffusers-unipc
     params: {scheduler: UniPCMultistepScheduler, config: {solver_order: 2}}
-    grid: {name: diffusers, scheduler: UniPCMultistepScheduler, config: {solver_order: 2}}
 ```
 
 The scheduler is built with ``cls.from_config({...model schedule..., **config})``: the training
 schedule (``num_train_timesteps``, ``beta_schedule``/``beta_start``/``beta_end`` or
 ``trained_betas``) is filled in from the model's discrete schedule unless the config sets it.
 It runs on its own time grid (``set_timesteps(steps)``), as in a diffusers pipeline; grid
-``diffusers`` (same scheduler and config) returns exactly those noise levels in the data-scaled
+``diffusers`` (the sampler's default; a suite fills in its scheduler and config from the
+sampler's params, so they are stated once) returns exactly those noise levels in the data-scaled
 frame, so the harness's start/end levels, oracle truth and NFE accounting agree with what the
 scheduler does. The sampler checks that the grid it is given is that grid.
 
@@ -150,16 +150,19 @@ def _prepared(scheduler: str, config: dict | None, schedule: VPSchedule, calls: 
 def diffusers_grid(schedule: VPSchedule, steps: int, *, scheduler: str | None = None,
                    config: dict | None = None) -> Tensor:
     if scheduler is None:
-        raise ValueError("grid diffusers: needs scheduler: <class name> (and the same config as "
-                         "the sampler), e.g. {name: diffusers, scheduler: DDIMScheduler}.")
+        raise ValueError("grid diffusers: needs scheduler: <class name> (and the sampler's config); "
+                         "in a suite, give the sampler params: {scheduler: DDIMScheduler} and the "
+                         "grid takes it from there.")
     return scheduler_levels(_prepared(scheduler, config, schedule, steps))
 
 
 @register_sampler("diffusers", evals_per_step=1, grid={"name": "diffusers"}, order=None,
+                  grid_params=("scheduler", "config"),
                   paper="the diffusers scheduler named in params (von Platen et al., diffusers)",
                   description="Bridge: any diffusers scheduler class with its config "
                               "(params: scheduler, config); NFE = model calls")
-def sample_diffusers(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_diffusers(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                     noise: NoiseSource | None = None,
                      callback: Callable | None = None, scheduler: str | None = None,
                      config: dict | None = None) -> Tensor:
     if scheduler is None:
@@ -186,7 +189,7 @@ def sample_diffusers(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noise
         s = _level(sched, t, sigma_scaled).to(x)
         alpha = torch.rsqrt(1 + s**2)
         x_ve = inp / alpha
-        x0 = model(x_ve, s * ones)
+        x0 = model(x_ve, s * ones, cond)
         if pred == "epsilon":
             out = (x_ve - x0) / s
         elif pred == "sample":

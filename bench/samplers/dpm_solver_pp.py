@@ -17,7 +17,7 @@ dpm-solver applies it below 10 steps and diffusers below 15, here whenever it is
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -59,7 +59,7 @@ def _multistep_update(x: Tensor, s: Tensor, t: Tensor, hist: list[tuple[Tensor, 
 
 def _multistep(name: str, model: Denoiser, x: Tensor, sigmas: Tensor, order: int,
                callback: Callable | None, lower_order_final: bool, solver_type: str,
-               d2: str = "taylor") -> Tensor:
+               d2: str = "taylor", cond: Any = None) -> Tensor:
     check_choice(name, "solver_type", solver_type, SOLVER_TYPES)
     check_choice(name, "d2", d2, D2_CHOICES)
     ones = x.new_ones(x.shape[0])
@@ -67,7 +67,7 @@ def _multistep(name: str, model: Denoiser, x: Tensor, sigmas: Tensor, order: int
     hist: list[tuple[Tensor, Tensor]] = []
     for i in range(n):
         s, t = sigmas[i], sigmas[i + 1]
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         hist = (hist + [(s, x0)])[-order:]
         if t == 0:
             x = x0
@@ -82,19 +82,22 @@ def _multistep(name: str, model: Denoiser, x: Tensor, sigmas: Tensor, order: int
 @register_sampler("dpmpp_2m", order=2, evals_per_step=1, grid={"name": "logsnr"},
                   paper="Lu et al. 2022b (DPM-Solver++), Algorithm 2 (multistep 2M)",
                   description="DPM-Solver++(2M) multistep, data prediction; Lu et al. 2022b")
-def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                    noise: NoiseSource | None = None,
                     callback: Callable | None = None, lower_order_final: bool = True,
                     solver_type: str = "dpmsolver") -> Tensor:
     """First step first order (no history yet), then 2M with r = h_{i-1} / h_i. solver_type
     ``dpmsolver`` is the paper's (k-diffusion's sample_dpmpp_2m, diffusers' ``midpoint``)."""
-    return _multistep("dpmpp_2m", model, x, sigmas, 2, callback, lower_order_final, solver_type)
+    return _multistep("dpmpp_2m", model, x, sigmas, 2, callback, lower_order_final, solver_type,
+                      cond=cond)
 
 
 @register_sampler("dpmpp_3m", order=lambda p: 2 if p.get("d2") == "half" else 3, evals_per_step=1, grid={"name": "logsnr"},
                   paper="Lu et al. 2022b (DPM-Solver++), multistep third order (3M; dpm-solver "
                         "multistep_dpm_solver_third_update)",
                   description="DPM-Solver++(3M) multistep, data prediction; Lu et al. 2022b")
-def sample_dpmpp_3m(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_dpmpp_3m(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                    noise: NoiseSource | None = None,
                     callback: Callable | None = None, lower_order_final: bool = True,
                     solver_type: str = "dpmsolver", d2: str = "taylor") -> Tensor:
     """Warm-up with orders 1 and 2, then 3M; solver_type applies to the order-2 steps.
@@ -110,27 +113,28 @@ def sample_dpmpp_3m(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseS
     error: that variant converges with order 2 (tests/test_samplers_order.py measures both).
     """
     return _multistep("dpmpp_3m", model, x, sigmas, 3, callback, lower_order_final, solver_type,
-                      d2)
+                      d2, cond)
 
 
 @register_sampler("dpmpp_2s", order=2, evals_per_step=2, grid={"name": "logsnr"},
                   paper="Lu et al. 2022b (DPM-Solver++), Algorithm 1 (singlestep 2S)",
                   description="DPM-Solver++(2S) singlestep, data prediction, r1=1/2; Lu et al. 2022b")
-def sample_dpmpp_2s(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_dpmpp_2s(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                    noise: NoiseSource | None = None,
                     callback: Callable | None = None, r1: float = 0.5) -> Tensor:
     if not 0 < r1 < 1:
         raise ValueError(f"dpmpp_2s: r1={r1!r} must be in (0, 1); the paper uses 1/2.")
     ones = x.new_ones(x.shape[0])
     for i in range(len(sigmas) - 1):
         s, t = sigmas[i], sigmas[i + 1]
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         if t == 0:
             x = x0
         else:
             h = torch.log(s / t)
             s1 = s * torch.exp(-r1 * h)
             u = (s1 / s) * x - torch.expm1(-r1 * h) * x0
-            x0_1 = model(u, s1 * ones)
+            x0_1 = model(u, s1 * ones, cond)
             phi_1 = torch.expm1(-h)
             x = (t / s) * x - phi_1 * x0 - (0.5 / r1) * phi_1 * (x0_1 - x0)
         if callback is not None:

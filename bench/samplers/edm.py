@@ -10,7 +10,7 @@ step with ``s_tmin <= s_i <= s_tmax`` the level is raised to ``s_hat = (1 + gamm
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import math
 
@@ -43,7 +43,8 @@ def _check_churn(name: str, s_churn: float, s_noise: float) -> None:
 @register_sampler("euler", order=lambda p: None if p.get("s_churn", 0) else 1, evals_per_step=1, grid=EDM_GRID,
                   paper="Karras et al. 2022 (EDM), Euler on the PF-ODE (Algorithm 2 steps with s_churn > 0)",
                   description="Euler on the PF-ODE, EDM sigma grid; Karras et al. 2022")
-def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                 noise: NoiseSource | None = None,
                  callback: Callable | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
                  s_tmax: float = math.inf, s_noise: float = 1.0) -> Tensor:
     _check_churn("euler", s_churn, s_noise)
@@ -51,7 +52,7 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSour
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         x, s = churn("euler", x, s, len(sigmas) - 1, noise, s_churn, s_tmin, s_tmax, s_noise)
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         x = x + (s_next - s) * (x - x0) / s
         if callback is not None:
             callback({"i": i, "x": x, "sigma": s, "denoised": x0})
@@ -61,7 +62,8 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSour
 @register_sampler("heun", order=lambda p: None if p.get("s_churn", 0) else 2, evals_per_step=2, grid=EDM_GRID,
                   paper="Karras et al. 2022 (EDM), Algorithm 1 (Algorithm 2 with s_churn > 0)",
                   description="Heun 2nd order on the PF-ODE, EDM sigma grid; Karras et al. 2022")
-def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                noise: NoiseSource | None = None,
                 callback: Callable | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
                 s_tmax: float = math.inf, s_noise: float = 1.0) -> Tensor:
     _check_churn("heun", s_churn, s_noise)
@@ -69,11 +71,11 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         x, s = churn("heun", x, s, len(sigmas) - 1, noise, s_churn, s_tmin, s_tmax, s_noise)
-        x0 = model(x, s * ones)
+        x0 = model(x, s * ones, cond)
         d = (x - x0) / s
         x_next = x + (s_next - s) * d
         if s_next != 0:
-            d2 = (x_next - model(x_next, s_next * ones)) / s_next
+            d2 = (x_next - model(x_next, s_next * ones, cond)) / s_next
             x_next = x + (s_next - s) * 0.5 * (d + d2)
         x = x_next
         if callback is not None:

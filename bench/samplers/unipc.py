@@ -21,7 +21,7 @@ A step to ``s = 0`` returns the denoiser output already computed at the current 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -64,7 +64,8 @@ def unipc_coefficients(rks: Tensor, hh: Tensor, order: int, variant: str
                   paper="Zhao et al. 2023 (UniPC), multistep UniP-p + UniC, B(h) = bh1 | bh2",
                   description="UniPC multistep predictor-corrector (variant bh1|bh2, order p; "
                               "order of accuracy p+1); Zhao et al. 2023")
-def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                 noise: NoiseSource | None = None,
                  callback: Callable | None = None, order: int = 2, variant: str = "bh2",
                  prediction: str = "data", corrector: bool = True,
                  lower_order_final: bool = True) -> Tensor:
@@ -78,7 +79,7 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSour
     n = len(sigmas) - 1
 
     def evaluate(xx: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        x0 = model(xx, s * ones)
+        x0 = model(xx, s * ones, cond)
         return x0, (x0 if data else (xx - x0) / s)
 
     last_x0, m = evaluate(x, sigmas[0])
