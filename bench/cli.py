@@ -28,6 +28,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"  {'':16s} evals/step {info.evals_per_step}, order "
                       f"{info.order_for(e.params()) or '–'}, "
                       f"default grid {info.grid}; {info.paper}")
+            for row, o in getattr(e.load(), "outputs", {}).items():  # the rows it emits
+                better = {True: "higher is better", False: "lower is better", None: "no direction"}
+                print(f"  {'':16s} row {row}: {better[o.higher_is_better]}; interval {o.interval}")
             params = e.params()
             if params:
                 print(f"  {'':16s} params: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
@@ -39,13 +42,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bench.suite import load_suite, plan, rounding_notes
 
     suite = load_suite(args.suite, args.set)
-    cells = plan(suite)
+    shards = plan(suite)
     store = ResultStore(args.results)
-    done = sum(store.has_shard(c.key) for c in cells)
+    done = sum(store.has_shard(c.key) for c in shards)
+    n_cells = len({c.cell_key for c in shards})
     print(f"suite {suite.name}: {len(suite.models)} model(s) x {len(suite.samplers)} sampler(s) x "
-          f"{len(suite['nfe'])} NFE x {len(suite.evals)} eval(s) = {len(cells)} shard(s), "
-          f"{done} already done in {args.results}")
-    for note in rounding_notes(suite, cells):
+          f"{len(suite['nfe'])} NFE x {len(suite.evals)} eval(s): {n_cells} cell(s) in "
+          f"{len(shards)} shard(s), {done} already done in {args.results}")
+    for conds, m in zip(suite.conditions, suite.models):
+        if conds.kind != "none":
+            print(f"conditions of {m['label']}: {conds.summary()}")
+    for note in rounding_notes(suite, shards):
         print(f"note: {note}")
     return 0
 
@@ -74,17 +81,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.dispatch import cell_states
+    from bench.dispatch import shard_states
     from bench.store import ResultStore
 
     store = ResultStore(args.results)
     manifest = store.read_run(args.run)
-    states = cell_states(store, manifest)
+    states = shard_states(store, manifest)
     counts = {s: sum(1 for r in states if r["state"] == s) for s in ("pending", "running", "done", "failed")}
     print(f"run {manifest['run_id']} (suite {manifest['suite']}, executor {manifest['executor']}, "
           f"{manifest.get('status', '?')}): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for r in states:
-        print(f"  {r['state']:8s} {r['cell']}  {r['reason']}".rstrip())
+        print(f"  {r['state']:8s} {r['shard']}  {r['reason']}".rstrip())
         if r.get("traceback"):
             print("    " + r["traceback"].rstrip().replace("\n", "\n    "))
     return 1 if counts["failed"] else 0

@@ -15,7 +15,6 @@ import numpy as np
 
 from bench.errors import BenchError
 
-METRIC_NAMES = ("fid", "kid", "prc", "dc", "isc")
 
 
 def _extractor(args: argparse.Namespace) -> Any:
@@ -26,116 +25,106 @@ def _extractor(args: argparse.Namespace) -> Any:
     return make_extractor(args.extractor, **kw)  # None: the extractor's default
 
 
-def _gen_state(spec: str, ext: Any, args: argparse.Namespace, need_feats: bool,
-               need_logits: bool) -> dict[str, Any]:
-    """Streamed statistics of the generated side: a refstats id or any data set."""
+def _image_metrics() -> list[str]:
+    from bench.registry import METRICS, load_all
+
+    load_all()
+    return [e.name for e in METRICS if getattr(e.load(), "needs_images", False)]
+
+
+def _metrics(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The registered metrics, constructed with the command line's parameters."""
+    import torch
+
+    from bench.metrics.base import MetricContext
+    from bench.registry import METRICS
+
+    shared = {"ref": args.reference, "extractor": args.extractor, "weights": args.weights,
+              "arch": args.arch, "resize": args.resize, "refstats_dir": args.refstats_dir,
+              "ref_limit": args.ref_limit, "batch_size": args.batch_size}
+    own = {"fid": {"bootstrap": args.bootstrap, "ci_groups": args.ci_groups},
+           "kid": {"subset_size": args.kid_subset_size, "subsets": args.kid_subsets}}
+    out = {}
+    for m in names:
+        cls = METRICS.get(m)
+        params = {k: v for k, v in {**shared, **own.get(m, {})}.items()
+                  if k in cls.param_defaults and v is not None}
+        out[m] = cls(MetricContext(None, torch.device(args.device), None, params=params))
+    return out
+
+
+def _feed(spec: str, metrics: dict[str, Any], args: argparse.Namespace) -> tuple[int, str, dict]:
+    """Feed the generated side to every metric's own update: images of any data set, or the
+    stored features / moments of a refstats id. Returns (n, name, extractor description)."""
+    import torch
+
     from bench.data import open_dataset
+    from bench.generate import Generation
     from bench.metrics import refstats
 
     root = args.refstats_dir
     if refstats.ref_path(spec, root).is_file():
-        if need_logits:
+        if "isc" in metrics:
             raise BenchError(f"'{spec}' is a refstats id: it holds features, not the logits the "
                              f"Inception Score needs; give the images instead.")
         ref = refstats.load(spec, str(root) if root else None)
-        n = ref.n if ref.n > 0 else 0
-        if n < 2:
+        if ref.n < 2:
             raise BenchError(f"refstats '{spec}' has no sample count; use it as the reference (B).")
-        out = {"n": n, "sum": ref.mu * n, "sum_outer": (n - 1) * ref.sigma + n * np.outer(ref.mu, ref.mu),
-               "features": ref.features, "logits": None, "n_nonfinite": 0, "name": spec,
-               "extractor": ref.meta.get("extractor", {})}
-        if need_feats:
-            ref.require_features("kid/prc/dc")
-        return out
+        for name, m in metrics.items():
+            if ref.features is not None:
+                m.add_features(np.arange(ref.n, dtype=np.int64), {"pool": torch.from_numpy(ref.features)})
+            elif name == "fid":
+                m.add_moments(ref.n, ref.mu * ref.n,
+                              (ref.n - 1) * ref.sigma + ref.n * np.outer(ref.mu, ref.mu))
+            else:
+                ref.require_features("kid/prc/dc")
+        return ref.n, spec, ref.meta.get("extractor", {})
     ds = open_dataset(spec)
-    mom = refstats.Moments(ext.dim)
-    feats, logits = [], []
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
     from tqdm.auto import tqdm
 
+    start = 0
     for images in tqdm(ds.batches(args.batch_size, args.limit), total=-(-n // args.batch_size),
                        desc=f"features {ds.name}", disable=not args.progress, file=sys.stderr):
-        f = ext(images, logits=need_logits)
-        mom.update(f["pool"])
-        if need_feats:
-            feats.append(f["pool"].numpy())
-        if need_logits:
-            logits.append(f["logits_unbiased"].numpy())
-    return {"n": mom.n, "sum": mom.s1, "sum_outer": mom.s2,
-            "features": np.concatenate(feats) if need_feats else None,
-            "logits": np.concatenate(logits) if need_logits else None, "n_nonfinite": 0,
-            "name": ds.name, "extractor": ext.describe()}
-
-
-def fidelity_values(gen: dict[str, Any], ref_id: str, metrics: list[str], ext_desc: dict[str, Any],
-                    args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
-    """The registered metrics' own compute() on states built from the streamed statistics."""
-    from bench.metrics.fid import FID
-    from bench.metrics.isc import InceptionScore
-    from bench.metrics.kid import KID
-    from bench.metrics.prdc import DensityCoverage, PrecisionRecall
-
-    classes = {"fid": FID, "kid": KID, "prc": PrecisionRecall, "dc": DensityCoverage,
-               "isc": InceptionScore}
-    values: dict[str, tuple[float, float, float]] = {}
-    idx = np.arange(gen["n"], dtype=np.int64)
-    for m in metrics:
-        cls = classes[m]
-        params = {k: v for k, v in cls.extra_params.items()}
-        if m == "fid":
-            params.update(bootstrap=args.bootstrap, ci_groups=args.ci_groups)
-        if m == "kid":
-            params.update(subset_size=args.kid_subset_size, subsets=args.kid_subsets)
-        config = {"metric": m, "ref": "" if m == "isc" else ref_id,
-                  "refstats_dir": str(args.refstats_dir) if args.refstats_dir else None,
-                  "extractor": ext_desc, "params": params}
-        state: dict[str, Any] = {"config": np.array(json.dumps(config, sort_keys=True)),
-                                 "n_nonfinite": np.array([gen["n_nonfinite"]])}
-        if m == "fid":
-            state.update(n=np.array([gen["n"]]), sum=gen["sum"], sum_outer=gen["sum_outer"])
-            if gen["features"] is not None:
-                state.update(index=idx, features=gen["features"])
-        elif m == "isc":
-            state.update(index=idx, logits=gen["logits"])
-        else:
-            state.update(index=idx, features=gen["features"])
-        values.update(cls.compute(state))
-    return values
+        gen = Generation.of_images(np.arange(start, start + len(images), dtype=np.int64), images)
+        start += len(images)
+        for m in metrics.values():
+            m.update(gen)
+    ext = next(iter(metrics.values())).extractor.describe()
+    return start, ds.name, ext
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from bench.metrics import refstats
+    from bench.registry import METRICS
 
+    known = _image_metrics()
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    bad = [m for m in metrics if m not in METRIC_NAMES]
+    bad = [m for m in metrics if m not in known]
     if bad or not metrics:
         raise BenchError(f"--metrics: unknown {bad or metrics}; use a comma list of "
-                         f"{', '.join(METRIC_NAMES)}.")
+                         f"{', '.join(known)}.")
     t0 = time.perf_counter()
-    ext = _extractor(args)
-    need_feats = any(m in metrics for m in ("kid", "prc", "dc")) or (
-        "fid" in metrics and (args.bootstrap > 0 or args.ci_groups > 0))
-    need_logits = "isc" in metrics
-    if need_logits and not ext.has_logits:
-        raise BenchError(ext.logits_unavailable())
-    ref = None
-    if any(m != "isc" for m in metrics):
-        ref = refstats.resolve(args.reference, ext, root=args.refstats_dir, limit=args.ref_limit)
-        problems = refstats.check_compatible(ref, ext.describe())
-        if problems:
-            raise BenchError(f"reference '{ref.id}' was computed differently: {'; '.join(problems)}.")
-    gen = _gen_state(args.generated, ext, args, need_feats, need_logits)
-    problems = [f"{k}: {gen['extractor'].get(k)!r} vs {v!r}" for k, v in ext.describe().items()
-                if k in ("weights_sha256", "resize") and gen["extractor"].get(k, v) != v]
+    objs = _metrics(metrics, args)
+    ext = next(iter(objs.values())).extractor
+    ref_id = next((m.ref_id for m in objs.values() if m.ref_id), "")
+    from bench.metrics import refstats
+
+    ref = refstats.load(ref_id, args.refstats_dir) if ref_id else None
+    n, name, gen_ext = _feed(args.generated, objs, args)
+    problems = [f"{k}: {gen_ext.get(k)!r} vs {v!r}" for k, v in ext.describe().items()
+                if k in ("weights_sha256", "resize") and gen_ext.get(k, v) != v]
     if problems:
         raise BenchError(f"'{args.generated}' was computed differently: {'; '.join(problems)}.")
+    values: dict[str, tuple[float, float, float]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        values = fidelity_values(gen, ref.id if ref else "", metrics, ext.describe(), args)
+        for m_name, m in objs.items():
+            cls = METRICS.get(m_name)
+            values.update(cls.compute(cls.merge([m.state()])))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     d = ext.describe()
-    out = {"generated": args.generated, "n_generated": gen["n"],
+    out = {"generated": args.generated, "n_generated": n,
            "reference": ref.id if ref else None, "n_reference": ref.n if ref else None,
            "extractor": d["extractor"], "weights_sha256": d["weights_sha256"],
            "weights_source": d["weights_source"], "resize": d["resize"],
@@ -151,7 +140,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         how = (f"percentile bootstrap, {args.bootstrap} replicates" if args.bootstrap > 0 else
                f"delete-a-group jackknife, {args.ci_groups} groups")
         print(f"FID interval: {how} over the generated samples (reference fixed)")
-    print(f"generated: {args.generated} (n={gen['n']}); reference: "
+    print(f"generated: {args.generated} (n={n}); reference: "
           f"{(ref.id + f' (n={ref.n})') if ref else '-'}")
     print(f"extractor: {d['extractor']}, weights sha256 {d['weights_sha256']} ({d['weights_source']}), "
           f"resize {d['resize']}; {out['wall_s']:.1f} s")
@@ -228,7 +217,8 @@ def add_parsers(sub: Any) -> None:
                        "statistics are stored by content and reused.")
     f.add_argument("generated")
     f.add_argument("reference")
-    f.add_argument("--metrics", default="fid", help="comma list of fid,kid,prc,dc,isc (default fid)")
+    f.add_argument("--metrics", default="fid", help="comma list of image metrics: fid, kid, prc, dc, "
+                   "isc (default fid; 'bench list metrics')")
     f.add_argument("--limit", type=int, default=None, help="use the first N generated images")
     f.add_argument("--ref-limit", type=int, default=None, help="use the first N reference images")
     f.add_argument("--kid-subsets", type=int, default=100)

@@ -1,10 +1,10 @@
 """Nightly regression check: compare two sets of result rows metric by metric.
 
-Rows are matched on (suite, model, sampler, nfe, eval, metric). A tolerance per metric is one of
-``abs:X`` (|current - baseline| <= X), ``rel:X`` (<= X * |baseline|) or ``ci`` (the 95%
-intervals overlap). Only a change in the metric's bad direction counts as a regression (lower is
-better for errors and distances, higher for scores); a metric of unknown direction regresses on
-any change beyond its tolerance.
+Rows are matched on ``bench.store.ROW_KEY`` (suite, model, sampler, nfe, eval, slice, step,
+metric). A tolerance per metric is one of ``abs:X`` (|current - baseline| <= X), ``rel:X``
+(<= X * |baseline|) or ``ci`` (the 95% intervals overlap). Only a change in the metric's bad
+direction counts as a regression; the direction is the one the metric declares
+(``Metric.outputs``); a row of unknown direction regresses on any change beyond its tolerance.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.report import CELL_COLUMNS as KEY, latest_rows
+from bench.metrics.base import find_output
+from bench.report import latest_rows
 from bench.report.tables import fmt, markdown_table
-
-LOWER_IS_BETTER = {"rmse", "fid", "kid", "kid_mean", "fid_inf"}
-HIGHER_IS_BETTER = {"is", "inception_score", "precision", "recall", "density", "coverage",
-                    "clipscore", "clip_score"}
+from bench.store import ROW_KEY as KEY
 
 
 def load_rows(spec: str, results: str | Path = "results") -> pd.DataFrame:
@@ -32,7 +30,7 @@ def load_rows(spec: str, results: str | Path = "results") -> pd.DataFrame:
 
     store = ResultStore(results)
     manifest = store.read_run(spec)
-    groups = sorted({c["group"] for c in manifest["cells"]})
+    groups = sorted({c["cell_key"] for c in manifest["shards"]})
     files = [store.rows_path(manifest["suite"], g) for g in groups]
     missing = [f for f in files if not f.is_file()]
     if missing:
@@ -54,12 +52,11 @@ def parse_tol(spec: str) -> tuple[str, float]:
 
 
 def direction(metric: str) -> int:
-    """+1 if higher is worse, -1 if lower is worse, 0 if unknown."""
-    if metric in LOWER_IS_BETTER:
-        return 1
-    if metric in HIGHER_IS_BETTER:
-        return -1
-    return 0
+    """+1 if higher is worse, -1 if lower is worse, 0 if unknown (as the metric declares)."""
+    out = find_output(metric)
+    if out is None or out.higher_is_better is None:
+        return 0
+    return -1 if out.higher_is_better else 1
 
 
 def compare(base: pd.DataFrame, cur: pd.DataFrame, tols: dict[str, str],

@@ -8,6 +8,7 @@ eps / v / x0 parameterisations, discrete vs continuous time and guidance behind 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -15,6 +16,19 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from bench.samplers.schedules import VPSchedule
+
+
+@dataclass(frozen=True)
+class Cond:
+    """What a conditional network is given, one row per sample: ``rows`` are class labels
+    ``[B]`` (long) or encoder hidden states ``[B, T, D]``; ``null`` the matching rows of the
+    unconditional branch (null class, negative prompt) that classifier-free guidance uses."""
+
+    rows: Tensor
+    null: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
 
 
 @runtime_checkable
@@ -31,7 +45,8 @@ class CountingDenoiser:
     is one evaluation for each sample in it (a classifier-free guided evaluation counts once).
     ``network_calls`` counts raw forward passes of the underlying network since the last
     ``reset()`` (differs from ``nfe`` only for guidance that is not batched; see
-    ``bench.guidance``). Other attributes (``sample_data``, ``cache_key``, ``parameterisation``)
+    ``bench.guidance``). The condition is an argument of every call, as samplers pass it.
+    Other attributes (``sample_data``, ``cache_key``, ``parameterisation``)
     are those of the wrapped denoiser; ``uncounted`` is the wrapped denoiser itself, for
     precomputations that are not part of sampling (e.g. Analytic-DPM's Gamma estimate).
     """
@@ -41,8 +56,6 @@ class CountingDenoiser:
         self.schedule = inner.schedule
         self.nfe = 0
         self.model_s = 0.0
-        #: per-sample condition of the current batch, used when a sampler passes none
-        self.cond: Any | None = None
         self._calls0 = self._inner_calls()
 
     def __getattr__(self, name: str) -> Any:
@@ -71,7 +84,7 @@ class CountingDenoiser:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        out = self.inner(x, sigma, self.cond if cond is None else cond)
+        out = self.inner(x, sigma, cond)
         if sync:
             torch.cuda.synchronize(x.device)
         self.model_s += time.perf_counter() - t0

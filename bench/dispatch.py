@@ -1,9 +1,9 @@
-"""Dispatch a suite's cells as submitit jobs (debug | local | slurm) and finalize results.
+"""Dispatch a suite's shards as submitit jobs (debug | local | slurm) and finalize results.
 
 Pending shards are packed into a few jobs (longest first onto the least-loaded job); each job
 writes every shard atomically as it finishes, so a killed run loses only shards in flight and a
-rerun computes only what is missing. Groups whose shards are all present are merged into
-Parquet metric rows by the driver.
+rerun computes only what is missing. Cells whose shards are all present are merged into
+Parquet rows (and a per-sample table) by the driver.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from bench.errors import BenchError
 from bench.provenance import environment
 from bench.registry import EVALS
 from bench.samplers.schedules import make_grid  # noqa: F401  (keeps grids registered)
-from bench.store import ResultStore
-from bench.suite import Cell, Suite, code_hash, plan
-from bench.worker import CellRunner
+from bench.store import SAMPLE_COLUMNS, ResultStore
+from bench.suite import Shard, Suite, code_hash, plan
+from bench.worker import ShardRunner
 
 EXECUTORS = ("debug", "local", "slurm")
 SLURM_KEYS = {"partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
@@ -49,7 +49,7 @@ class RunSummary:
     def line(self) -> str:
         return (f"run {self.run_id}: {self.cells} shard(s): {self.computed} computed, "
                 f"{self.cached} already done, {len(self.failed)} failed; "
-                f"{self.finalized} result group(s) written in {self.wall_s:.1f} s")
+                f"{self.finalized} cell(s) written in {self.wall_s:.1f} s")
 
 
 def new_run_id() -> str:
@@ -76,25 +76,25 @@ def make_executor(name: str, folder: Path, params: dict[str, Any]):  # -> submit
     raise BenchError(f"executor: unknown executor {name!r}; use one of {', '.join(EXECUTORS)}.")
 
 
-def _cost(cell: Cell) -> float:
+def _cost(shard: Shard) -> float:
     """Network evaluations of a shard (NFE x samples), not steps: a 2-evaluation-per-step
     solver costs what its NFE says. Per-image feature extraction is not counted."""
-    return float(cell.nfe * (cell.stop - cell.start))
+    return float(shard.nfe * (shard.stop - shard.start))
 
 
-def pack(cells: list[Cell], n_jobs: int) -> list[list[Cell]]:
+def pack(shards: list[Shard], n_jobs: int) -> list[list[Shard]]:
     """Longest-processing-time-first packing of shards into n_jobs lists."""
-    n_jobs = max(1, min(n_jobs, len(cells)))
-    bins: list[list[Cell]] = [[] for _ in range(n_jobs)]
+    n_jobs = max(1, min(n_jobs, len(shards)))
+    bins: list[list[Shard]] = [[] for _ in range(n_jobs)]
     loads = [0.0] * n_jobs
-    for c in sorted(cells, key=_cost, reverse=True):
+    for c in sorted(shards, key=_cost, reverse=True):
         j = loads.index(min(loads))
         bins[j].append(c)
         loads[j] += _cost(c)
     return bins
 
 
-def _wait(jobs: list[Any], chunks: list[list[Cell]], store: ResultStore, debug: bool) -> list[dict]:
+def _wait(jobs: list[Any], chunks: list[list[Shard]], store: ResultStore, debug: bool) -> list[dict]:
     """Wait for the jobs with a progress bar; a job that died marks its unfinished shards failed."""
     statuses: list[dict] = []
     keys = [c.key for chunk in chunks for c in chunk]
@@ -169,17 +169,17 @@ def run_suite(suite: Suite, results: str | Path, executor: str | None = None,
     summary.cached = len(cells) - len(pending)
     manifest: dict[str, Any] = {
         "run_id": run_id, "suite": suite.name, "source": suite.source, "executor": name,
-        "executor_params": params, "code_hash": code_hash(), "status": "running",
+        "executor_params": params, "status": "running",
         "report": suite["report"],
         "jobs_folder": str((store.jobs / run_id).resolve()), "jobs": [],
-        "cells": [{"key": c.key, "group": c.group, "cell": c.label()} for c in cells]}
+        "shards": [{"key": c.key, "cell_key": c.cell_key, "shard": c.label()} for c in cells]}
     if pending:
         chunks = pack(pending, _job_count(name, params, jobs, len(pending)))
         threads = params.get("cpus_per_task") or (
             max(1, (os.cpu_count() or 1) // len(chunks)) if name == "local" else None)
         ex = make_executor(name, store.jobs / run_id, {k: v for k, v in params.items() if k != "jobs"})
         root = str(Path(results).resolve())
-        submitted = ex.map_array(CellRunner(), chunks, [root] * len(chunks), [threads] * len(chunks))
+        submitted = ex.map_array(ShardRunner(), chunks, [root] * len(chunks), [threads] * len(chunks))
         manifest["jobs"] = [{"job_id": str(j.job_id), "keys": [c.key for c in chunk]}
                             for j, chunk in zip(submitted, chunks)]
         store.write_run(run_id, manifest)  # now `bench status` / `bench cancel` can find the jobs
@@ -207,14 +207,14 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def cell_states(store: ResultStore, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def shard_states(store: ResultStore, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """pending / running / done / failed for each shard of a run, with reasons."""
     import socket
 
     host = socket.gethostname()
     out = []
-    for c in manifest["cells"]:
-        row = {"cell": c["cell"], "key": c["key"], "state": "pending", "reason": ""}
+    for c in manifest["shards"]:
+        row = {"shard": c["shard"], "key": c["key"], "state": "pending", "reason": ""}
         failure = store.read_failure(c["key"])
         running = store.read_running(c["key"])
         if store.has_shard(c["key"]):
@@ -265,30 +265,43 @@ def cancel_run(store: ResultStore, manifest: dict[str, Any]) -> list[str]:
     return done
 
 
-def finalize(suite: Suite, cells: list[Cell], store: ResultStore, run_id: str, executor: str) -> int:
-    """Write metric rows for every group whose shards are all done and rows not yet written."""
-    groups: dict[str, list[Cell]] = defaultdict(list)
-    for c in cells:
-        groups[c.group].append(c)
+def finalize(suite: Suite, shards: list[Shard], store: ResultStore, run_id: str, executor: str) -> int:
+    """Write the rows and per-sample table of every cell whose shards are all done and whose
+    rows are not yet written."""
+    cells: dict[str, list[Shard]] = defaultdict(list)
+    for c in shards:
+        cells[c.cell_key].append(c)
     env = None
     written = 0
-    for group, members in groups.items():
-        if store.has_rows(suite.name, group) or not all(store.has_shard(c.key) for c in members):
+    for cell_key, members in cells.items():
+        if store.has_rows(suite.name, cell_key) or not all(store.has_shard(c.key) for c in members):
             continue
         env = env or environment()
+        members = sorted(members, key=lambda c: c.start)
         c0 = members[0]
         ev = EVALS.get(c0.eval["name"])(**c0.eval["params"])
-        shards = [store.read_shard(c.key) for c in sorted(members, key=lambda c: c.start)]
+        results = [store.read_shard(c.key) for c in members]
         base = {
             "run_id": run_id, "suite": suite.name, "model": c0.model["label"],
             "model_name": c0.model["name"], "model_params": json.dumps(c0.model["params"], sort_keys=True),
+            "model_hash": c0.model_hash,
             "sampler": c0.sampler["label"], "sampler_name": c0.sampler["name"],
             "sampler_params": json.dumps(c0.sampler["params"], sort_keys=True),
             "grid": json.dumps(c0.sampler["grid"], sort_keys=True), "nfe": c0.nfe, "steps": c0.steps,
-            "eval": c0.eval["name"], "seed": c0.seed, "shards": len(members),
-            "executor": executor, "config_hash": group, "code_hash": code_hash(), **env,
+            "eval": c0.eval["name"], "eval_params": json.dumps(ev.params, sort_keys=True, default=str),
+            "conditions": c0.conditions.summary(), "seed": c0.seed, "shards": len(members),
+            "executor": executor, "config_hash": cell_key, "code_hash": code_hash(c0.code),
+            "code_versions": json.dumps(c0.code, sort_keys=True), **env,
         }
-        rows = [{**base, **r} for r in ev.finalize(members, shards)]
-        store.write_rows(suite.name, group, rows)
+        rows, samples = ev.finalize(members, results)
+        rows = [{**base, **r} for r in rows]
+        if samples is not None:
+            lead = {k: base[k] for k in ("suite", "model", "sampler", "nfe", "eval", "config_hash",
+                                         "run_id")}
+            samples = samples.assign(**lead)
+            order = [c for c in SAMPLE_COLUMNS if c in samples] + \
+                [c for c in samples if c not in SAMPLE_COLUMNS]
+            samples = samples[order]
+        store.write_rows(suite.name, cell_key, rows, samples)
         written += 1
     return written

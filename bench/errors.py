@@ -18,6 +18,14 @@ class SuiteError(BenchError):
         super().__init__(f"{source}: field '{field}': {problem} Fix: {fix}")
 
 
+class FieldError(BenchError):
+    """A bad parameter inside an entry (a metric's, an eval's); the suite adds where it is."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field, self.problem, self.fix = field, problem, fix
+        super().__init__(f"field '{field}': {problem} Fix: {fix}")
+
+
 def close_matches(name: str, choices: Iterable[str]) -> str:
     """' Did you mean X?' for a misspelt name, or '' when nothing is close."""
     hits = difflib.get_close_matches(str(name), sorted(choices), n=3, cutoff=0.5)

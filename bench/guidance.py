@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.denoiser import Cond
+
 
 class GuidedDenoiser:
     """Wrap a conditional denoiser ``inner(x, s, cond)`` with classifier-free guidance.
@@ -30,9 +32,6 @@ class GuidedDenoiser:
 
     def __init__(self, inner: Any, *, scale: float, cond: Any, uncond: Any = None,
                  batched: bool = True) -> None:
-        if batched and uncond is None:
-            raise ValueError("GuidedDenoiser: batched=True needs an explicit null condition "
-                             "uncond=... that the model accepts per row; or set batched=False.")
         self.inner, self.scale, self.cond, self.uncond = inner, float(scale), cond, uncond
         self.batched = bool(batched)
         self.schedule = inner.schedule
@@ -48,22 +47,37 @@ class GuidedDenoiser:
         return f"{getattr(self.inner, 'cache_key', id(self.inner))}|cfg:{self.scale}:{self.cond}"
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor:
-        c = self.cond if cond is None else cond
+        """``cond`` a :class:`bench.denoiser.Cond` (its ``null`` rows are the unconditional
+        branch), else a condition the inner model takes (default: the one given at construction)
+        with ``uncond`` as the unconditional branch."""
+        if isinstance(cond, Cond):
+            if cond.null is None:
+                raise ValueError("guidance needs the unconditional rows (Cond.null) of the batch")
+            c, u = cond.rows, cond.null
+        else:
+            c, u = (self.cond if cond is None else cond), self.uncond
+            if self.batched and u is None and self.scale != 1.0:
+                raise ValueError("GuidedDenoiser: batched=True needs an explicit null condition "
+                                 "uncond=... that the model accepts per row (or a Cond with null "
+                                 "rows); or set batched=False.")
         if self.scale == 1.0:
             self.network_calls += 1
             return self.inner(x, sigma, c)
         if self.batched:
             n = x.shape[0]
-            rows = torch.cat([_per_row(c, n, x.device), _per_row(self.uncond, n, x.device)])
+            rows = torch.cat([_per_row(c, n, x.device), _per_row(u, n, x.device)])
             both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), rows)
             d_c, d_u = both[:n], both[n:]
             self.network_calls += 1
         else:
-            d_c, d_u = self.inner(x, sigma, c), self.inner(x, sigma, self.uncond)
+            d_c, d_u = self.inner(x, sigma, c), self.inner(x, sigma, u)
             self.network_calls += 2
         return d_u + self.scale * (d_c - d_u)
 
 
 def _per_row(c: Any, n: int, device: torch.device) -> Tensor:
+    """Class labels (a scalar or ``[n]``) or encoder states (``[n, T, D]``) as ``n`` rows."""
+    if isinstance(c, Tensor) and c.is_floating_point():
+        return c.to(device)
     t = torch.as_tensor(c, device=device, dtype=torch.long).reshape(-1)
     return t.expand(n) if t.numel() == 1 else t

@@ -28,7 +28,8 @@ class NoiseSource:
                  dtype: torch.dtype = torch.float64) -> None:
         self.seed, self.indices = int(seed), [int(i) for i in indices]
         self.device, self.dtype = torch.device(device), dtype
-        self.generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]
+        self.seeds = [sample_seed(seed, i) for i in self.indices]
+        self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
 
     def randn(self, shape: Sequence[int]) -> Tensor:
         """A [batch, *shape] standard normal draw, one row per sample stream."""

@@ -1,15 +1,17 @@
-"""Result store: Parquet metric rows plus per-shard state, all written atomically.
+"""Result store: Parquet metric rows, a per-sample table, and per-shard state, written atomically.
 
-Layout of a results folder (``pandas.read_parquet(DIR)`` sees only the metric rows, because
+Layout of a results folder (``pandas.read_parquet(DIR)`` sees only the aggregate rows, because
 pyarrow skips names starting with ``_`` or ``.``)::
 
-    DIR/<suite>/<group>.parquet    metric rows of one (model, sampler, NFE, eval) cell
+    DIR/<suite>/<cell_key>.parquet          aggregate rows of one cell, ROW_SCHEMA (all files)
+    DIR/_samples/<suite>/<cell_key>.parquet one row per generated sample of that cell
     DIR/_shards/<key>.npz          finished shard: metric state arrays + JSON meta
     DIR/_partial/<key>.npz         progress of an interrupted shard (state + next sample index)
     DIR/_running/<key>.json        marker of a shard being computed (pid, host, Slurm job id)
     DIR/_failed/<key>.json         traceback of a shard that raised
     DIR/_runs/<run_id>.json        manifest of one `bench run`
     DIR/_cache/                    content-keyed caches (e.g. oracle ground truth)
+    DIR/_gallery/                  decoded images of the first samples of cells (``gallery: N``)
     DIR/_jobs/                     submitit job folders and logs
 
 Every file is written to a dot-prefixed temporary name in its final folder and renamed into
@@ -25,6 +27,59 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+
+#: The one schema of aggregate result rows: every result file has exactly these columns, so a
+#: folder shared by suites and evals reads back as one table (``pandas.read_parquet(DIR)``).
+ROW_SCHEMA = pa.schema([
+    # what the number is
+    ("suite", pa.string()), ("model", pa.string()), ("sampler", pa.string()), ("nfe", pa.int64()),
+    ("eval", pa.string()), ("slice", pa.string()), ("step", pa.int64()), ("metric", pa.string()),
+    ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    ("n_samples", pa.int64()), ("n_nonfinite", pa.int64()),
+    # how it was made
+    ("model_name", pa.string()), ("model_params", pa.string()), ("model_hash", pa.string()),
+    ("sampler_name", pa.string()), ("sampler_params", pa.string()), ("grid", pa.string()),
+    ("steps", pa.int64()), ("nfe_counted", pa.int64()), ("network_calls", pa.int64()),
+    ("eval_params", pa.string()), ("conditions", pa.string()), ("seed", pa.int64()),
+    ("shards", pa.int64()), ("sigma_start", pa.float64()), ("sigma_end", pa.float64()),
+    # what it was measured against
+    ("feature_extractor", pa.string()), ("weights_sha256", pa.string()),
+    ("weights_source", pa.string()), ("resize", pa.string()), ("ref_id", pa.string()),
+    # cost
+    ("wall_s", pa.float64()), ("sample_s", pa.float64()), ("model_s", pa.float64()),
+    ("load_s", pa.float64()), ("metric_s", pa.float64()), ("samples_per_s", pa.float64()),
+    # provenance
+    ("run_id", pa.string()), ("executor", pa.string()), ("device", pa.string()),
+    ("config_hash", pa.string()), ("code_hash", pa.string()), ("code_versions", pa.string()),
+    ("bench_version", pa.string()), ("git_revision", pa.string()), ("python_version", pa.string()),
+    ("torch_version", pa.string()), ("numpy_version", pa.string()), ("submitted_from", pa.string()),
+    ("created_at", pa.string()),
+])
+#: identify a cell's result row: reports and compare keep the newest row per key
+ROW_KEY = ["suite", "model", "sampler", "nfe", "eval", "slice", "step", "metric"]
+#: leading columns of the per-sample table (then per-sample metric values and sampler extras)
+SAMPLE_COLUMNS = ["suite", "model", "sampler", "nfe", "eval", "config_hash", "run_id", "index",
+                  "seed", "finite", "cond_id", "cond_text", "category"]
+
+
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows as a table of exactly ROW_SCHEMA (absent columns null); an unknown column is a bug."""
+    unknown = sorted({k for r in rows for k in r} - set(ROW_SCHEMA.names))
+    if unknown:
+        raise ValueError(f"result rows have columns outside ROW_SCHEMA: {unknown}; add them to "
+                         f"bench.store.ROW_SCHEMA")
+    cols = {}
+    for f in ROW_SCHEMA:
+        vals = [r.get(f.name) for r in rows]
+        if pa.types.is_integer(f.type):
+            vals = [None if v is None or (isinstance(v, float) and v != v) else int(v) for v in vals]
+        elif pa.types.is_floating(f.type):
+            vals = [None if v is None else float(v) for v in vals]
+        elif pa.types.is_string(f.type):
+            vals = [None if v is None else str(v) for v in vals]
+        cols[f.name] = pa.array(vals, type=f.type)
+    return pa.table(cols, schema=ROW_SCHEMA)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -127,17 +182,26 @@ class ResultStore:
         return json.loads(p.read_text()) if p.is_file() else None
 
     # ---------------------------------------------------------------------------- rows
-    def rows_path(self, suite: str, group: str) -> Path:
-        return self.root / suite / f"{group}.parquet"
+    def rows_path(self, suite: str, cell_key: str) -> Path:
+        return self.root / suite / f"{cell_key}.parquet"
 
-    def has_rows(self, suite: str, group: str) -> bool:
-        return self.rows_path(suite, group).is_file()
+    def samples_path(self, suite: str, cell_key: str) -> Path:
+        return self.root / "_samples" / suite / f"{cell_key}.parquet"
 
-    def write_rows(self, suite: str, group: str, rows: list[dict[str, Any]]) -> None:
-        import pandas as pd
+    def has_rows(self, suite: str, cell_key: str) -> bool:
+        return self.rows_path(suite, cell_key).is_file()
 
-        df = pd.DataFrame(rows)
-        atomic_write(self.rows_path(suite, group), lambda tmp: df.to_parquet(tmp, index=False))
+    def write_rows(self, suite: str, cell_key: str, rows: list[dict[str, Any]],
+                   samples: Any = None) -> None:
+        """The cell's aggregate rows (ROW_SCHEMA) and its per-sample table; the rows file is
+        written last, so its presence means both are complete."""
+        import pyarrow.parquet as pq
+
+        if samples is not None:
+            atomic_write(self.samples_path(suite, cell_key),
+                         lambda tmp: samples.to_parquet(tmp, index=False))
+        table = rows_table(rows)
+        atomic_write(self.rows_path(suite, cell_key), lambda tmp: pq.write_table(table, tmp))
 
     # ---------------------------------------------------------------------------- runs
     def run_path(self, run_id: str) -> Path:
@@ -160,3 +224,15 @@ class ResultStore:
             raise BenchError(f"no run {run_id!r} in '{self.root}' (recent runs: {known}); "
                              "pass a run id from 'bench run' output, or 'latest'.")
         return json.loads(p.read_text())
+
+
+def read_samples(root: str | Path, suite: str | None = None) -> Any:
+    """Every per-sample table under ``root/_samples`` as one DataFrame (columns unioned: evals
+    with different per-sample metrics leave the others' columns empty)."""
+    import pandas as pd
+
+    folder = Path(root) / "_samples" / (suite or "")
+    files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return pd.DataFrame(columns=SAMPLE_COLUMNS)
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

@@ -1,9 +1,12 @@
-"""Suites: YAML files with ``include:`` and ``--set`` overrides, validated into Cells.
+"""Suites: YAML files with ``include:`` and ``--set`` overrides, validated and planned.
 
-A suite crosses models x samplers x NFE list x evals; ``plan()`` turns it into Cells, each a
-(model, sampler, NFE, eval, shard of sample indices) keyed by a hash of everything that
-determines its numbers (including the package's code hash), so a finished cell is never
-recomputed.
+A suite crosses models x samplers x NFE list x evals under one set of conditions. A **cell** is
+one result: (model, sampler, NFE, eval, conditions); ``plan()`` splits each cell's sample
+indices into **shards**, the unit of work. Keys are content hashes of everything that
+determines the numbers: the configuration, the resolved conditions, the model's weights hash
+and the code version of each registry entry the cell uses (``bench.versions``), so a finished
+shard is never recomputed, a killed one is simply run again, and adding an unrelated sampler or
+metric invalidates nothing.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-import bench
-from bench.errors import BenchError, SuiteError, close_matches
+from bench.conditions import Conditions, check_block
+from bench.conditions import resolve as resolve_conditions
+from bench.errors import BenchError, FieldError, SuiteError, close_matches
 from bench.registry import EVALS, GRIDS, MODELS, SAMPLERS, Registry, load_all
 
 TOP_LEVEL = {
@@ -36,13 +39,15 @@ TOP_LEVEL = {
     "models": "list of model names or {name, label, params}",
     "samplers": "list of sampler names or {name, label, params, grid}",
     "evals": "list of eval names or {name, params}",
+    "conditions": "{classes: balanced|N|[..]} or {prompts: [..]|FILE, images_per_prompt, "
+                  "negative_prompt, text_column, id_column, category_column}",
     "executor": "{name: debug|local|slurm, ...} default executor and its parameters",
     "report": "{fit_min_nfe: N} options for bench report",
 }
-REQUIRED = ("name", "models", "samplers", "nfe", "evals")
+REQUIRED = ("name", "models", "samplers", "evals")
 DEFAULTS: dict[str, Any] = {"seed": 0, "samples": 64, "batch_size": 64, "shard_size": None,
                             "device": "auto", "nfe_rounding": "error", "executor": {},
-                            "report": {}, "description": ""}
+                            "report": {}, "description": "", "conditions": None}
 
 
 # ------------------------------------------------------------------------------ loading
@@ -137,6 +142,11 @@ class Suite:
     models: list[dict[str, Any]] = field(default_factory=list)
     samplers: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    #: per model: its adapter, its resolved conditions and its samples per cell
+    adapters: list[Any] = field(default_factory=list)
+    conditions: list[Conditions] = field(default_factory=list)
+    sample_counts: list[int] = field(default_factory=list)
+    eval_objects: list[Any] = field(default_factory=list)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -227,15 +237,6 @@ def validate(data: dict[str, Any], source: str) -> Suite:
     if d["nfe_rounding"] not in ("error", "down", "up"):
         raise SuiteError(source, "nfe_rounding", f"is {d['nfe_rounding']!r}.",
                          "use error (default), down or up.")
-    nfe = d["nfe"]
-    if isinstance(nfe, int) and not isinstance(nfe, bool):
-        nfe = [nfe]
-    if not isinstance(nfe, list) or not nfe:
-        raise SuiteError(source, "nfe", f"must be a list of integers, got {nfe!r}.",
-                         "write e.g. 'nfe: [5, 10, 20]'.")
-    for i, v in enumerate(nfe):
-        _check_int(source, f"nfe[{i}]", v)
-    d["nfe"] = nfe
     for k in ("executor", "report"):
         if not isinstance(d[k], dict):
             raise SuiteError(source, k, f"must be a mapping, got {d[k]!r}.", f"write '{k}: {{}}'.")
@@ -243,17 +244,62 @@ def validate(data: dict[str, Any], source: str) -> Suite:
     suite.models = _entries(source, "models", d["models"], MODELS, ())
     suite.samplers = _entries(source, "samplers", d["samplers"], SAMPLERS, ("grid",))
     suite.evals = _entries(source, "evals", d["evals"], EVALS, ())
-    for i, m in enumerate(suite.models):  # adapters that check their folder/config cheaply
-        cls = MODELS.get(m["name"])
-        if getattr(cls, "validate_early", False):
-            try:
-                cls(**m["params"])
-            except BenchError as exc:
-                raise SuiteError(source, f"models[{i}].params", str(exc),
-                                 "fix the model's parameters (see 'bench list models').") from None
     for i, s in enumerate(suite.samplers):
         s["grid"] = _grid(source, f"samplers[{i}].grid", s)
+    suite.eval_objects = [_eval(source, i, e) for i, e in enumerate(suite.evals)]
+    sharded = any(ev.shape == "sharded" for ev in suite.eval_objects)
+    if sharded and "nfe" not in d:
+        raise SuiteError(source, "nfe", "is missing (required by the sharded evals).",
+                         f"add 'nfe:' ({TOP_LEVEL['nfe']}).")
+    nfe = d.get("nfe", [])
+    if isinstance(nfe, int) and not isinstance(nfe, bool):
+        nfe = [nfe]
+    if not isinstance(nfe, list) or (sharded and not nfe):
+        raise SuiteError(source, "nfe", f"must be a list of integers, got {nfe!r}.",
+                         "write e.g. 'nfe: [5, 10, 20]'.")
+    for i, v in enumerate(nfe):
+        _check_int(source, f"nfe[{i}]", v)
+    d["nfe"] = nfe
+    try:
+        block = check_block(d["conditions"])
+    except BenchError as exc:
+        raise SuiteError(source, "conditions", str(exc), "see README, 'Suite files'.") from None
+    base = Path(source).parent
+    for i, m in enumerate(suite.models):
+        try:
+            adapter = MODELS.get(m["name"])(**m["params"])
+        except BenchError as exc:
+            raise SuiteError(source, f"models[{i}].params", str(exc),
+                             "fix the model's parameters (see 'bench list models').") from None
+        try:
+            conds = resolve_conditions(block, adapter, base)
+        except BenchError as exc:
+            raise SuiteError(source, "conditions", str(exc),
+                             "see README, 'Suite files' (conditions).") from None
+        n = d["samples"]
+        if conds.images_per_prompt:
+            n = len(conds.items) * conds.images_per_prompt
+            if "samples" in data and data["samples"] != n:
+                raise SuiteError(source, "samples", f"is {data['samples']}, but the conditions "
+                                 f"give {len(conds.items)} x images_per_prompt "
+                                 f"{conds.images_per_prompt} = {n}.",
+                                 "drop 'samples:' or 'images_per_prompt:'.")
+        suite.adapters.append(adapter)
+        suite.conditions.append(conds)
+        suite.sample_counts.append(n)
     return suite
+
+
+def _eval(src: str, i: int, ev: dict[str, Any]) -> Any:
+    """The eval object (its constructor checks nested names: metrics, their parameters,
+    extractors, references), with errors placed at ``evals[i].params.<field>``."""
+    try:
+        return EVALS.get(ev["name"])(**ev["params"])
+    except FieldError as exc:
+        raise SuiteError(src, f"evals[{i}].params.{exc.field}", exc.problem, exc.fix) from None
+    except BenchError as exc:
+        raise SuiteError(src, f"evals[{i}].params", str(exc),
+                         "see 'bench list evals' and 'bench list metrics'.") from None
 
 
 def _grid(src: str, where: str, sampler: dict[str, Any]) -> dict[str, Any]:
@@ -291,33 +337,37 @@ def load_suite(path: str | Path, sets: list[str] | None = None) -> Suite:
 
 
 # -------------------------------------------------------------------------------- planning
-#: Source that determines the numbers a cell produces; edits elsewhere (CLI, reports,
-#: dispatch, storage) do not invalidate finished cells.
-COMPUTE_SOURCES = ("models", "samplers", "metrics", "evals", "data", "noise.py", "denoiser.py",
-                   "guidance.py")
-
-
-@lru_cache(maxsize=1)
-def code_hash() -> str:
-    """Hash of the package source that computes results: changing it invalidates cached cells."""
-    h = hashlib.sha256()
-    root = Path(bench.__file__).parent
-    for p in sorted(root.rglob("*.py")):
-        rel = p.relative_to(root)
-        if rel.parts[0] not in COMPUTE_SOURCES:
-            continue
-        h.update(str(rel).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def cell_code_version(model: str, sampler: str, grid: str, eval_: Any, eval_name: str) -> dict[str, str]:
+    """Code version of each registry entry a cell uses (``bench.versions``), and of the loop."""
+    from bench.registry import METRICS
+    from bench.versions import GENERATE_MODULES, entry_version, modules_version
+
+    out = {"generate": modules_version(GENERATE_MODULES), "model": entry_version(MODELS.entry(model)),
+           "sampler": entry_version(SAMPLERS.entry(sampler)), "grid": entry_version(GRIDS.entry(grid)),
+           "eval": entry_version(EVALS.entry(eval_name))}
+    from bench.registry import FEATURES
+
+    for m, params in eval_.metric_specs():
+        cls = METRICS.get(m)
+        out[f"metric:{m}"] = entry_version(METRICS.entry(m))
+        ext = params.get("extractor", cls.param_defaults.get("extractor"))
+        if ext in FEATURES:  # the feature extractor's code computes the number too
+            out[f"features:{ext}"] = entry_version(FEATURES.entry(ext))
+    return out
+
+
+def code_hash(versions: dict[str, str]) -> str:
+    """One short hash of a cell's code versions (a result-row column)."""
+    return content_hash(versions)[:16]
+
+
 @dataclass(eq=False)
-class Cell:
-    """One unit of work: (model, sampler, NFE, eval, shard [start, stop))."""
+class Shard:
+    """One unit of work: samples [start, stop) of a cell (model, sampler, NFE, eval, conditions)."""
 
     suite: str
     model: dict[str, Any]
@@ -331,55 +381,78 @@ class Cell:
     samples: int
     batch_size: int
     device: str
-    key: str = ""    # content hash of this shard's computation
-    group: str = ""  # content hash of the result rows this shard contributes to
+    conditions: Conditions = field(default_factory=Conditions)
+    model_hash: str = ""
+    code: dict[str, str] = field(default_factory=dict)
+    key: str = ""       # content hash of this shard's computation
+    cell_key: str = ""  # content hash of the cell (its result rows) this shard contributes to
 
     def label(self) -> str:
         return (f"{self.model['label']}/{self.sampler['label']}/nfe={self.nfe}/"
                 f"{self.eval['name']}[{self.start}:{self.stop}]")
 
 
-def plan(suite: Suite) -> list[Cell]:
-    """Cross the suite's lists into Cells; NFEs a sampler cannot reach raise or round."""
+def model_hash(adapter: Any) -> str:
+    """The weights hash an adapter reports (shipped checkpoints and user folders alike)."""
+    desc = adapter.describe()
+    return str(desc.get("weights_hash") or content_hash(desc))
+
+
+def plan(suite: Suite) -> list[Shard]:
+    """Cross the suite's lists into cells and split them into shards; NFEs a sampler cannot
+    reach raise or round. Loop evals get one shard per (model, sampler) over all samples."""
     from bench.samplers import sampler_info, steps_for_nfe
     from bench.samplers.schedules import grid_final_zero
 
     d = suite.data
-    n, shard = d["samples"], d["shard_size"] or d["samples"]
-    cells: list[Cell] = []
+    shards: list[Shard] = []
     for s_i, smp in enumerate(suite.samplers):
         info = sampler_info(smp["name"])
         fz = grid_final_zero(smp["grid"])
-        for n_i, nfe in enumerate(d["nfe"]):
-            try:
-                steps, used = steps_for_nfe(info.evals_per_step, nfe, fz, d["nfe_rounding"])
-            except BenchError as exc:
-                raise SuiteError(suite.source, f"nfe[{n_i}]", f"sampler '{smp['label']}' "
-                                 f"(grid {smp['grid']['name']}): {exc}",
-                                 "change the NFE list or nfe_rounding.") from None
-            for model in suite.models:
-                for ev in suite.evals:
-                    compute = {"model": {k: model[k] for k in ("name", "params")},
+        for ev, ev_obj in zip(suite.evals, suite.eval_objects):
+            if ev_obj.shape == "loop":
+                points = [(ev_obj.nfe_max, ev_obj.step_range(smp)[1])]
+            else:
+                points = []
+                for n_i, nfe in enumerate(d["nfe"]):
+                    try:
+                        steps, _ = steps_for_nfe(info.evals_per_step, nfe, fz, d["nfe_rounding"])
+                    except BenchError as exc:
+                        raise SuiteError(suite.source, f"nfe[{n_i}]", f"sampler '{smp['label']}' "
+                                         f"(grid {smp['grid']['name']}): {exc}",
+                                         "change the NFE list or nfe_rounding.") from None
+                    points.append((nfe, steps))
+            for nfe, steps in points:
+                for model, adapter, conds, n in zip(suite.models, suite.adapters, suite.conditions,
+                                                    suite.sample_counts):
+                    code = cell_code_version(model["name"], smp["name"], smp["grid"]["name"], ev_obj,
+                                             ev["name"])
+                    mhash = model_hash(adapter)
+                    compute = {"model": {k: model[k] for k in ("name", "params")}, "model_hash": mhash,
                                "sampler": {k: smp[k] for k in ("name", "params", "grid")},
-                               "steps": steps, "eval": ev, "seed": d["seed"], "code": code_hash()}
-                    group = content_hash({**compute, "suite": suite.name, "nfe": nfe,
-                                          "samples": n, "labels": [model["label"], smp["label"]]})
+                               "steps": steps, "eval": ev, "seed": d["seed"], "code": code,
+                               "conditions": conds.describe() if conds.kind != "none" else None}
+                    cell_key = content_hash({**compute, "suite": suite.name, "nfe": nfe,
+                                             "samples": n, "labels": [model["label"], smp["label"]]})
+                    shard = n if ev_obj.shape == "loop" else (d["shard_size"] or n)
                     for start in range(0, n, shard):
                         stop = min(start + shard, n)
-                        cells.append(Cell(suite.name, model, smp, nfe, steps, ev, d["seed"], start,
-                                          stop, n, d["batch_size"], d["device"],
-                                          key=content_hash({**compute, "range": [start, stop]}),
-                                          group=group))
-    return cells
+                        shards.append(Shard(suite.name, model, smp, nfe, steps, ev, d["seed"], start,
+                                            stop, n, d["batch_size"], d["device"], conds, mhash, code,
+                                            key=content_hash({**compute, "range": [start, stop]}),
+                                            cell_key=cell_key))
+    return shards
 
 
-def rounding_notes(suite: Suite, cells: list[Cell]) -> list[str]:
+def rounding_notes(suite: Suite, shards: list[Shard]) -> list[str]:
     """Human-readable notes for every NFE that was rounded explicitly."""
     from bench.samplers import nfe_for_steps, sampler_info
     from bench.samplers.schedules import grid_final_zero
 
     notes = set()
-    for c in cells:
+    for c in shards:
+        if EVALS.get(c.eval["name"]).shape == "loop":
+            continue
         used = nfe_for_steps(sampler_info(c.sampler["name"]).evals_per_step, c.steps,
                              grid_final_zero(c.sampler["grid"]))
         if used != c.nfe:

@@ -33,8 +33,7 @@ import yaml
 from torch import Tensor
 
 from bench.errors import BenchError, close_matches
-
-CONFIG_DIR = Path(__file__).parent / "train_configs"
+from bench.models.zoo import TRAIN_CONFIGS as CONFIG_DIR
 #: config fields that may change between a run and its resumption (they do not change the steps)
 RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "log_every", "threads", "out"}
 

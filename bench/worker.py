@@ -3,7 +3,7 @@
 A shard that raises records its traceback (``_failed/<key>.json``) and the job goes on with the
 next one; nothing raises out of here, so no executor drops into a debugger or loses the rest.
 
-Preemption and time limits (Slurm's signal, relayed by submitit as USR2): ``CellRunner`` is
+Preemption and time limits (Slurm's signal, relayed by submitit as USR2): ``ShardRunner`` is
 submitit-checkpointable; its ``checkpoint`` saves the interrupted shard's folded state of the
 finished batches and the next sample index to ``_partial/<key>.npz`` and requeues the same call.
 The requeued job skips finished shards and resumes the interrupted one from there.
@@ -21,7 +21,8 @@ import submitit
 
 from bench.registry import EVALS, load_all
 from bench.store import ResultStore
-from bench.suite import Cell
+from bench.evals.base import Models
+from bench.suite import Shard
 
 
 class Progress:
@@ -57,36 +58,37 @@ class Progress:
             self.store.write_partial(self.key, next_index, flat, meta)
 
 
-def _run_one(cell: Cell, store: ResultStore, runner: "CellRunner | None") -> dict[str, Any]:
-    if store.has_shard(cell.key):
-        return {"key": cell.key, "status": "done", "cached": True}
+def _run_one(shard: Shard, store: ResultStore, models: Models,
+             runner: "ShardRunner | None") -> dict[str, Any]:
+    if store.has_shard(shard.key):
+        return {"key": shard.key, "status": "done", "cached": True}
     t0 = time.time()
-    marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": t0, "cell": cell.label(),
+    marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": t0, "shard": shard.label(),
               "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
-    store.mark_running(cell.key, marker)
-    progress = Progress(store, cell.key, marker)
+    store.mark_running(shard.key, marker)
+    progress = Progress(store, shard.key, marker)
     if runner is not None:
         runner.active = progress
     try:
-        ev = EVALS.get(cell.eval["name"])(**cell.eval["params"])
-        state, meta = ev.run_shard(cell, cache_dir=store.cache, progress=progress)
+        ev = EVALS.get(shard.eval["name"])(**shard.eval["params"])
+        state, meta = ev.run_shard(shard, models, cache_dir=store.cache, progress=progress)
         meta.update(host=socket.gethostname(), pid=os.getpid(),
                     slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
-        store.write_shard(cell.key, state, meta)
-        return {"key": cell.key, "status": "done", "cached": False}
+        store.write_shard(shard.key, state, meta)
+        return {"key": shard.key, "status": "done", "cached": False}
     except Exception as exc:  # recorded, not raised: the other shards go on
-        info = {"key": cell.key, "cell": cell.label(), "error": f"{type(exc).__name__}: {exc}",
+        info = {"key": shard.key, "shard": shard.label(), "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(), "elapsed_s": time.time() - t0,
                 "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
-        store.write_failure(cell.key, info)
-        return {"key": cell.key, "status": "failed", "error": info["error"]}
+        store.write_failure(shard.key, info)
+        return {"key": shard.key, "status": "failed", "error": info["error"]}
     finally:
         if runner is not None:
             runner.active = None
 
 
-def run_cells(cells: list[Cell], results_dir: str, threads: int | None = None,
-              runner: "CellRunner | None" = None) -> list[dict[str, Any]]:
+def run_shards(shards: list[Shard], results_dir: str, threads: int | None = None,
+               runner: "ShardRunner | None" = None) -> list[dict[str, Any]]:
     """Run every shard not already stored; return one status dict per shard."""
     if threads:
         import torch
@@ -94,23 +96,24 @@ def run_cells(cells: list[Cell], results_dir: str, threads: int | None = None,
         torch.set_num_threads(int(threads))
     load_all()
     store = ResultStore(results_dir)
-    return [_run_one(cell, store, runner) for cell in cells]
+    models = Models()  # the job's loaded model, kept for its next shard
+    return [_run_one(shard, store, models, runner) for shard in shards]
 
 
-class CellRunner(submitit.helpers.Checkpointable):
-    """The job callable: run_cells, checkpointed and requeued on preemption / time limit."""
+class ShardRunner(submitit.helpers.Checkpointable):
+    """The job callable: run_shards, checkpointed and requeued on preemption / time limit."""
 
     def __init__(self) -> None:
         self.active: Progress | None = None
 
-    def __call__(self, cells: list[Cell], results_dir: str,
+    def __call__(self, shards: list[Shard], results_dir: str,
                  threads: int | None = None) -> list[dict[str, Any]]:
-        return run_cells(cells, results_dir, threads, runner=self)
+        return run_shards(shards, results_dir, threads, runner=self)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         if self.active is not None:
             self.active.save()
-        return submitit.helpers.DelayedSubmission(CellRunner(), *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(ShardRunner(), *args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"active": None}  # progress lives on disk, not in the pickle

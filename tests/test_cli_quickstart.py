@@ -30,7 +30,7 @@ def test_quickstart_runs_reports_and_reruns_nothing(cli, tmp_path, executor):
     res = tmp_path / "results"
     code, out, err = cli("run", QUICKSTART, "--executor", executor, "--results", res, *SMALL)
     assert code == 0, err
-    assert "16 computed, 0 already done, 0 failed; 16 result group(s)" in out
+    assert "16 computed, 0 already done, 0 failed; 16 cell(s) written" in out
     assert "heun: NFE 20 rounded down to 19" in err  # explicit, never silent
 
     df = pd.read_parquet(res)
@@ -56,7 +56,7 @@ def test_quickstart_runs_reports_and_reruns_nothing(cli, tmp_path, executor):
     assert "(NFE 19)" in md and "[" in md
 
     code, out, _ = cli("run", QUICKSTART, "--executor", executor, "--results", res, *SMALL)
-    assert code == 0 and "0 computed, 16 already done" in out and "0 result group(s)" in out
+    assert code == 0 and "0 computed, 16 already done" in out and "0 cell(s) written" in out
     assert pd.read_parquet(res).equals(df)
 
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 import bench.samplers  # noqa: F401  (registration)
-from bench.denoiser import CountingDenoiser
+from bench.conditions import Condition, resolve
+from bench.denoiser import Cond, CountingDenoiser
 from bench.errors import BenchError
+from bench.generate import LoadedModel, SamplerSpec, generate
 from bench.models.diffusers_adapter import DiffusersAdapter
 from bench.registry import SAMPLERS
 from bench.samplers.schedules import make_grid
@@ -82,19 +84,21 @@ def test_ddim_equals_diffusers_ddim_pipeline(tmp_path, ptype) -> None:
 
 def test_batch_size_does_not_change_samples(tmp_path) -> None:
     adapter = DiffusersAdapter(path=str(save_ddpm(tmp_path / "p")), guidance={"scale": 2.0})
-    model = CountingDenoiser(adapter.load())
-    sigmas = make_grid({"name": "time_uniform"}, model.schedule, 5)
-    noise = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * sigmas[0].float()
+    model = LoadedModel(adapter, adapter.load(), torch.device("cpu"))
+    conds = resolve(None, adapter)  # a class-conditional model: every class, balanced
+    spec = SamplerSpec("dpm_solver_2", {}, {"name": "time_uniform"}, 5)
     runs = {}
     for bs in (1, 5, 12):
         parts = []
         for b0 in range(0, 12, bs):
-            idx = torch.arange(b0, min(b0 + bs, 12))
-            model.cond = adapter.batch_cond(idx)
-            parts.append(SAMPLERS.get("dpm_solver_2")(model, noise[idx], sigmas))
+            idx = np.arange(b0, min(b0 + bs, 12))
+            parts.append(generate(model, spec, idx, 3, conds.for_indices(idx)).samples)
         runs[bs] = torch.cat(parts)
     assert torch.equal(runs[1], runs[5]) and torch.equal(runs[1], runs[12])
-    assert adapter.batch_cond(torch.arange(12)).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert [c.label for c in conds.for_indices(range(12))] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    # the condition reaches the network: other labels give other samples
+    other = generate(model, spec, np.arange(12), 3, [Condition("class=0", label=0)] * 12).samples
+    assert not torch.equal(other[1:10], runs[12][1:10])
 
 
 def test_guidance_scale_changes_samples_and_unit_scale_is_conditional(tmp_path) -> None:
@@ -161,16 +165,16 @@ def save_sd(folder: Path) -> Path:
 def test_stable_diffusion_style_pipeline_equals_diffusers(tmp_path) -> None:
     folder = save_sd(tmp_path / "sd")
     prompts = ["a shoe", "a bag"]
-    adapter = DiffusersAdapter(path=str(folder), prompts=prompts, guidance=3.0)
+    adapter = DiffusersAdapter(path=str(folder), guidance=3.0)
     assert adapter.sample_shape() == (4, 8, 8) and adapter.describe()["kind"] == "StableDiffusionPipeline"
-    model = CountingDenoiser(adapter.load())
+    model = LoadedModel(adapter, adapter.load(), torch.device("cpu"))
+    conds = resolve({"prompts": prompts}, adapter)
     cfg = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
-    sigmas = make_grid({"name": "diffusers", "scheduler": "DDIMScheduler", "config": cfg},
-                       model.schedule, 5)
-    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    x = latents.double() * torch.sqrt(1 + sigmas[0] ** 2)
-    model.cond = adapter.batch_cond(torch.arange(2))
-    ours = adapter.decode(SAMPLERS.get("ddim")(model, x.float(), sigmas)).permute(0, 2, 3, 1)
+    spec = SamplerSpec("ddim", {}, {"name": "diffusers", "scheduler": "DDIMScheduler", "config": cfg}, 5)
+    gen = generate(model, spec, [0, 1], 0, conds.for_indices([0, 1]), decode=True)
+    ours = gen.images.permute(0, 2, 3, 1)
+    # the pipeline starts from the same initial noise, as latents (x_T = latents / alpha_T)
+    latents = (gen.x_start.double() / torch.sqrt(1 + gen.sigmas[0].double() ** 2)).float()
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
                                                              requires_safety_checker=False)
@@ -190,9 +194,9 @@ def test_errors_name_the_problem(tmp_path) -> None:
         DiffusersAdapter(path=str(tmp_path / "empty"))
 
     folder = save_ddpm(tmp_path / "p")
-    with pytest.raises(BenchError, match="class label 11 in field 'classes' is out of range.*"
+    with pytest.raises(BenchError, match="'conditions.classes': label 11 is out of range.*"
                                          "labels 0..9 \\(null class 10\\)"):
-        DiffusersAdapter(path=str(folder), classes=[3, 11])
+        resolve({"classes": [3, 11]}, DiffusersAdapter(path=str(folder)))
     with pytest.raises(BenchError, match="prediction_type 'flow' .* cannot be handled; supported: "
                                          "epsilon, v_prediction, sample"):
         DiffusersAdapter(path=str(folder), prediction_type="flow")
@@ -212,7 +216,7 @@ def test_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(BenchError, match="needs a conditional model"):
         DiffusersAdapter(path=str(unc), guidance=2.0)
     with pytest.raises(BenchError, match="is unconditional"):
-        DiffusersAdapter(path=str(unc), classes=[1])
+        resolve({"classes": [1]}, DiffusersAdapter(path=str(unc)))
     import shutil
 
     shutil.rmtree(unc / "scheduler")
@@ -226,8 +230,13 @@ def test_suite_reports_adapter_errors_at_plan_time(tmp_path) -> None:
 
     folder = save_ddpm(tmp_path / "p")
     suite = {"name": "x", "nfe": [5], "samplers": ["ddim"], "evals": ["nfe_curve"],
-             "models": [{"name": "diffusers", "params": {"path": str(folder), "classes": [12]}}]}
-    with pytest.raises(SuiteError, match=r"field 'models\[0\].params': .*class label 12"):
+             "conditions": {"classes": [12]},
+             "models": [{"name": "diffusers", "params": {"path": str(folder)}}]}
+    with pytest.raises(SuiteError, match=r"field 'conditions': .*label 12 is out of range"):
+        validate(suite, "s.yaml")
+    suite["conditions"] = {"classes": [1]}
+    suite["models"][0]["params"]["prediction_type"] = "flow"
+    with pytest.raises(SuiteError, match=r"field 'models\[0\].params': .*prediction_type 'flow'"):
         validate(suite, "s.yaml")
 
 
@@ -274,15 +283,18 @@ def test_bare_unet2dcondition_folder_with_embeddings_file(tmp_path) -> None:
     diffusers.DDPMScheduler().save_pretrained(tmp_path / "ckpt" / "scheduler")
     emb = torch.randn(3, 5, 16)
     torch.save(emb, tmp_path / "emb.pt")
-    with pytest.raises(BenchError, match="give 'prompts.*or 'embeddings: FILE'"):
+    with pytest.raises(BenchError, match="without a text encoder.*'embeddings: FILE'"):
         DiffusersAdapter(path=str(tmp_path / "ckpt" / "unet"))
     a = DiffusersAdapter(path=str(tmp_path / "ckpt" / "unet"), embeddings=str(tmp_path / "emb.pt"),
                          null_embedding=2, guidance=2.0)
-    assert a.batch_cond(torch.arange(5)).tolist() == [0, 1, 0, 1, 0]  # row 2 is the null
+    conds = resolve(None, a)
+    assert [c.label for c in conds.for_indices(range(5))] == [0, 1, 0, 1, 0]  # row 2 is the null
+    rows, null = a.encode([Condition("class=1", label=1), Condition("class=0", label=0)])
+    assert torch.equal(rows, emb[[1, 0]]) and torch.equal(null, emb[[2, 2]])
     den = a.load().inner
     x, s = torch.randn(2, 1, 8, 8), torch.full((2,), 3.0, dtype=torch.float64)
     t = den.timesteps(s).float()
     with torch.no_grad():
-        eps = unet(x / (1 + 9.0) ** 0.5, t, encoder_hidden_states=emb[[1, 2]]).sample
+        eps = unet(x / (1 + 9.0) ** 0.5, t, encoder_hidden_states=emb[[1, 0]]).sample
     ref = x.double() - 3.0 * eps.double()
-    assert torch.allclose(den(x, s, torch.tensor([1, 2])).double(), ref, atol=1e-5)
+    assert torch.allclose(den(x, s, Cond(rows, null)).double(), ref, atol=1e-5)

@@ -152,7 +152,8 @@ def test_inception_has_no_arch_parameter():
 
 # ------------------------------------------------------------------------- FID end to end
 def test_fid_with_clip_features_end_to_end(clip_dir, tmp_path, cli):
-    from bench.metrics.base import MetricContext, SampleBatch
+    from bench.generate import Generation
+    from bench.metrics.base import MetricContext
     from bench.metrics.fid import FID
     from bench.models.gmm import GMMOracle
 
@@ -164,7 +165,7 @@ def test_fid_with_clip_features_end_to_end(clip_dir, tmp_path, cli):
     adapter = GMMOracle(shape=[1, 8, 8], components=3, cov="diag", var_min=0.01, var_max=0.1)
     m = FID(MetricContext(adapter, torch.device("cpu"), None, params=params))
     x = torch.rand((40, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
-    m.update(SampleBatch(np.arange(40), x, x, torch.tensor([1.0, 0.0], dtype=torch.float64)))
+    m.update(Generation.of_samples(adapter, np.arange(40), x))
     state = m.state()
     assert state["sum"].shape == (16,) and state["features"].shape == (40, 16)
     with warnings.catch_warnings():

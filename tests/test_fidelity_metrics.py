@@ -12,7 +12,8 @@ import torch
 
 import test_fidelity_support as S  # noqa: F401  (registers the test_proj extractor)
 from bench.errors import BenchError
-from bench.metrics.base import MetricContext, SampleBatch
+from bench.generate import Generation
+from bench.metrics.base import MetricContext
 from bench.metrics.fid import FID, frechet_distance
 from bench.metrics.isc import inception_score
 from bench.metrics.kid import KID, kid_subsets
@@ -42,7 +43,7 @@ def _batches(n: int, bs: int, seed: int = 1):
     x = torch.rand((n, 1, 8, 8), generator=g, dtype=torch.float64) * 2 - 1
     for b0 in range(0, n, bs):
         idx = np.arange(b0, min(b0 + bs, n))
-        yield SampleBatch(idx, x[idx], x[idx], torch.tensor([1.0, 0.0], dtype=torch.float64))
+        yield Generation.of_samples(_adapter(), idx, x[idx])
 
 
 def _fold(cls, batches, ctx):
@@ -78,10 +79,11 @@ def test_nonfinite_samples_are_counted_and_never_reach_the_extractor(ref_npz, tm
     ctx = _ctx(ref_npz, tmp_path)
     m = FID(ctx)
     (batch,) = list(_batches(20, 20))
-    batch.samples = batch.samples.clone()
-    batch.samples[[2, 5]] = float("nan")
-    batch.samples[7, 0, 0, 0] = float("inf")
+    x = batch.samples.clone()
+    x[[2, 5]] = float("nan")
+    x[7, 0, 0, 0] = float("inf")
     before = S.ProjectionExtractor.calls
+    batch = Generation.of_samples(_adapter(), batch.indices, x)  # decoded once, finite rows only
     m.update(batch)
     assert S.ProjectionExtractor.calls - before == 17
     st = m.state()
@@ -107,7 +109,7 @@ def test_metric_without_reference_or_with_unknown_param_says_how(tmp_path):
         FID(ctx)
     ctx = MetricContext(_adapter(), torch.device("cpu"), None,
                         params={"extractor": "test_proj", "ref": "x", "subset_sise": 3})
-    with pytest.raises(BenchError, match="unknown parameter 'subset_sise'"):
+    with pytest.raises(BenchError, match="'subset_sise': is not a parameter.*Did you mean 'subset_size'"):
         KID(ctx)
 
 

@@ -93,7 +93,7 @@ def _wait_running(res: Path, at_sample: int = 16, deadline: float = 90, min_nfe:
                 info = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-            nfe = re.search(r"/nfe=(\d+)/", info.get("cell", ""))
+            nfe = re.search(r"/nfe=(\d+)/", info.get("shard", ""))
             if (info.get("slurm_job_id") and info.get("next_index", 0) >= at_sample
                     and nfe and int(nfe.group(1)) >= min_nfe):
                 return info

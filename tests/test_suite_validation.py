@@ -96,7 +96,7 @@ def test_shards_cover_samples_exactly(write_suite):
     cells = plan(load_suite(write_suite(small_suite(samples=25, shard_size=10, nfe=[10],
                                                     samplers=["ddim"]))))
     assert [(c.start, c.stop) for c in cells] == [(0, 10), (10, 20), (20, 25)]
-    assert len({c.group for c in cells}) == 1 and len({c.key for c in cells}) == 3
+    assert len({c.cell_key for c in cells}) == 1 and len({c.key for c in cells}) == 3
 
 
 def test_dpm_solver_fast_order_in_params_is_the_grid_order(write_suite):

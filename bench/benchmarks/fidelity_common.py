@@ -2,8 +2,8 @@
 
 Generated samples are Fashion-MNIST training images in the model frame ([-1, 1]); the ``gmm``
 adapter's ``decode`` maps them back to the exact uint8 pixels, so the metrics see exactly
-what a model run would hand them: SampleBatch -> decode -> features -> state, with the
-per-batch ``state(); reset(); merge`` fold of ``nfe_curve``.
+what a model run would hand them: samples -> decode (once) -> Generation -> features -> state,
+with the per-batch ``state(); reset(); merge`` fold of the sharded evals.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.metrics.base import MetricContext, SampleBatch
+from bench.generate import Generation
+from bench.metrics.base import MetricContext
 from bench.registry import METRICS, load_all
 
 
@@ -30,7 +31,8 @@ def stream(metrics: list[str], params: dict[str, Any], n: int, batch_size: int =
 
     load_all()
     ds = open_dataset("fmnist-train")
-    ctx = MetricContext(adapter(), torch.device(device), None, params=params)
+    model = adapter()
+    ctx = MetricContext(model, torch.device(device), None, params=params)
     ms = {m: METRICS.get(m)(ctx) for m in metrics}
     acc: dict[str, dict[str, np.ndarray]] = {}
     for b0 in range(0, n, batch_size):
@@ -38,7 +40,7 @@ def stream(metrics: list[str], params: dict[str, Any], n: int, batch_size: int =
         src = idx % len(ds)
         imgs = torch.from_numpy(np.stack([ds.images(int(i), int(i) + 1)[0] for i in src]))
         x = imgs.to(torch.float64) / 127.5 - 1
-        batch = SampleBatch(idx, x, x, torch.tensor([1.0, 0.0], dtype=torch.float64))
+        batch = Generation.of_samples(model, idx, x)
         for name, m in ms.items():
             m.update(batch)
             st = m.state()

@@ -19,25 +19,21 @@ CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-from bench.registry import MODELS, SAMPLERS, load_all
+from bench.registry import load_all
 load_all()
-from bench.denoiser import CountingDenoiser
-from bench.noise import NoiseSource
-from bench.samplers.schedules import make_grid
+from bench.conditions import resolve
+from bench.generate import LoadedModel, SamplerSpec, generate
 from bench.samplers import sampler_info
 t1 = time.perf_counter()
-adapter = MODELS.get(sys.argv[1])()
-model = CountingDenoiser(adapter.load("cpu"))
+model = LoadedModel.load({"name": sys.argv[1], "params": {}}, torch.device("cpu"))
 t2 = time.perf_counter()
-idx = torch.arange(16)
-sigmas = make_grid(dict(sampler_info("ddim").grid), model.schedule, 50)
-noise = NoiseSource(0, idx.numpy(), torch.device("cpu"), adapter.dtype)
-x = noise.randn(adapter.sample_shape()) * sigmas[0].float()
-model.cond = adapter.batch_cond(idx)
-images = adapter.decode(SAMPLERS.get("ddim")(model, x, sigmas))
+idx = list(range(16))
+conds = resolve(None, model.adapter).for_indices(idx)
+gen = generate(model, SamplerSpec("ddim", {}, dict(sampler_info("ddim").grid), 50), idx, 0, conds,
+               decode=True)
 t3 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "sample_s": t3 - t2, "nfe": model.nfe,
-                  "images": list(images.shape), "threads": torch.get_num_threads()}))
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "sample_s": t3 - t2, "nfe": gen.nfe,
+                  "images": list(gen.images.shape), "threads": torch.get_num_threads()}))
 """
 
 

@@ -3,7 +3,7 @@
     python -m bench.benchmarks.overhead
 
 Runs one `nfe_curve` cell in-process through the same code path as `bench run` (worker ->
-eval -> sampler -> CountingDenoiser -> metric -> atomic shard write) on a full-covariance
+eval -> generate -> sampler -> CountingDenoiser -> metric -> atomic shard write) on a full-covariance
 Gaussian oracle at 3x32x32 (each evaluation is two 3072x3072 matrix products per batch, the cost
 of a small network), and prints where a cell's wall time goes. The target (< 5%) is for the harness's own share:
 everything but model loading, model evaluations and the metric.
@@ -18,7 +18,7 @@ import yaml
 
 from bench.store import ResultStore
 from bench.suite import load_suite, plan
-from bench.worker import run_cells
+from bench.worker import run_shards
 
 SUITE = {
     "name": "overhead", "seed": 0, "samples": 256, "batch_size": 128, "nfe": [20],
@@ -33,14 +33,14 @@ def main() -> None:
         path = f"{tmp}/overhead.yaml"
         with open(path, "w") as f:
             yaml.safe_dump(SUITE, f)
-        cells = plan(load_suite(path))
+        shards = plan(load_suite(path))
         store = ResultStore(f"{tmp}/res")
         print(f"{'sampler':14s} {'NFE':>4s} {'wall s':>7s} {'load s':>7s} {'model s':>8s} "
               f"{'metric s':>8s} {'harness s':>9s} {'harness/wall':>12s}")
         worst = 0.0
-        for cell in cells:
+        for cell in shards:
             t0 = time.perf_counter()
-            run_cells([cell], str(store.root))
+            run_shards([cell], str(store.root))
             wall = time.perf_counter() - t0
             _, m = store.read_shard(cell.key)
             harness = wall - m["load_s"] - m["model_s"] - m["metric_s"]

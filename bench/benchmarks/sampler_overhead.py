@@ -110,30 +110,32 @@ def unet_forward_s(repeats: int) -> tuple[float, int]:
     return min(times), params
 
 
+class NullAdapter:
+    """The model side of ``generate`` for a denoiser without a model folder."""
+
+    dtype = torch.float32
+
+    def sample_shape(self) -> tuple[int, ...]:
+        return SHAPE
+
+
 def sampler_overhead(name: str, params: dict, grid: dict, steps: int, repeats: int) -> tuple[float, int]:
-    """(seconds outside the model per step, evals per step) for one sampler configuration."""
-    from bench.denoiser import CountingDenoiser
-    from bench.noise import NoiseSource
-    from bench.registry import SAMPLERS
+    """(seconds outside the model per step, evals per step) for one sampler configuration,
+    sampled through ``bench.generate`` (its timing covers the sampler call alone)."""
+    from bench.generate import LoadedModel, SamplerSpec, generate
     from bench.samplers import sampler_info
-    from bench.samplers.schedules import make_grid
 
     base = ConsistencyNull() if name == "consistency" else NullDenoiser()
-    sigmas = make_grid(grid, base.schedule, steps)
-    fn = SAMPLERS.get(name)
+    model = LoadedModel(NullAdapter(), base, torch.device("cpu"))
+    spec = SamplerSpec(name, dict(params), dict(grid), steps)
     best = math.inf
     nfe = 0
     for r in range(repeats + 1):  # first run warms up (and fills caches such as Gamma)
-        model = CountingDenoiser(base)
-        noise = NoiseSource(r, range(BATCH), dtype=torch.float32)
-        x = noise.randn(SHAPE) * sigmas[0].float()
-        t0 = time.perf_counter()
         with torch.inference_mode():
-            fn(model, x, sigmas, noise=noise, **params)
-        wall = time.perf_counter() - t0
+            gen = generate(model, spec, range(BATCH), r)
         if r:
-            best = min(best, (wall - model.model_s) / steps)
-        nfe = model.nfe
+            best = min(best, (gen.timings["sample_s"] - gen.timings["model_s"]) / steps)
+        nfe = gen.nfe
     return best, max(1, round(nfe / steps)) if sampler_info(name).evals_per_step > 1 else 1
 
 
@@ -149,10 +151,8 @@ CONFIGS: list[tuple[str, str, dict, dict | None]] = [
     ("euler", "euler", {}, None), ("heun", "heun", {}, None),
     ("euler churn", "euler", {"s_churn": 10.0}, None), ("heun churn", "heun", {"s_churn": 10.0}, None),
     ("euler_ancestral", "euler_ancestral", {}, None), ("consistency", "consistency", {}, None),
-    ("diffusers DPMSolverMultistep", "diffusers", {"scheduler": "DPMSolverMultistepScheduler"},
-     {"name": "diffusers", "scheduler": "DPMSolverMultistepScheduler"}),
-    ("diffusers UniPCMultistep", "diffusers", {"scheduler": "UniPCMultistepScheduler"},
-     {"name": "diffusers", "scheduler": "UniPCMultistepScheduler"}),
+    ("diffusers DPMSolverMultistep", "diffusers", {"scheduler": "DPMSolverMultistepScheduler"}, None),
+    ("diffusers UniPCMultistep", "diffusers", {"scheduler": "UniPCMultistepScheduler"}, None),
 ]
 
 
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import bench.samplers  # noqa: F401  (registration)
     from bench.samplers import sampler_info
+    from bench.samplers.base import sampler_grid
 
     unet_s, n_params = unet_forward_s(args.repeats + 2)
     print(f"UNet: {n_params / 1e6:.2f}M parameters, forward on {BATCH}x{'x'.join(map(str, SHAPE))} "
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'sampler':30s} {'evals/step':>10s} {'overhead/step':>14s} {'fraction of UNet step':>22s}")
     worst = 0.0
     for label, name, params, grid in CONFIGS:
-        g = dict(sampler_info(name).grid) if grid is None else grid
+        g = sampler_grid(name, params, grid)
         over, _ = sampler_overhead(name, params, g, args.steps, args.repeats)
         k = sampler_info(name).evals_per_step
         frac = over / (k * unet_s)

@@ -2,6 +2,6 @@
 
 from bench.metrics import oracle  # noqa: F401  (registration)
 from bench.metrics import features, features_vit, fid, inception, isc, kid, prdc  # noqa: F401  (registration)
-from bench.metrics.base import Metric, MetricContext, SampleBatch
+from bench.metrics.base import Metric, MetricContext, Output
 
-__all__ = ["Metric", "MetricContext", "SampleBatch"]
+__all__ = ["Metric", "MetricContext", "Output"]

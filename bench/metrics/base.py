@@ -5,32 +5,37 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from bench.models.base import ModelAdapter
+
+if TYPE_CHECKING:
+    from bench.generate import Generation
 
 #: metric name -> (value, ci_low, ci_high)
 Values = dict[str, tuple[float, float, float]]
 
 
-@dataclass
-class SampleBatch:
-    """One generated batch and how it was made."""
+@dataclass(frozen=True)
+class Output:
+    """A result row a metric emits: which way is better and what its bracket means. Compare,
+    reports and the CLI read these; no other module keeps a list of metric names."""
 
-    indices: np.ndarray  # int64 sample indices
-    x_start: Tensor      # the initial batch at sigmas[0] (data-scaled frame)
-    samples: Tensor      # the sampler's output at sigmas[-1]
-    sigmas: Tensor       # the grid stepped along (float64)
-    cond: Any = None
+    higher_is_better: bool | None  # None: no direction (a count, a diagnostic)
+    interval: str                  # what [ci_low, ci_high] is
+    description: str = ""
+
+
+#: the interval of a mean over per-sample values (``mean_ci``)
+MEAN_CI = "mean [95% CI] over samples (Student t)"
 
 
 @dataclass
 class MetricContext:
-    adapter: ModelAdapter
+    adapter: ModelAdapter | None  # None: images from no model (bench fid)
     device: torch.device
     cache_dir: Path | None = None
     #: the metric's own parameters (suite: ``metrics: [{name: fid, params: {ref: ...}}]``)
@@ -38,20 +43,37 @@ class MetricContext:
 
 
 class Metric(ABC):
-    """update() on batches -> state() arrays that merge() across shards -> compute().
+    """update() on generations -> state() arrays that merge() across shards -> compute().
 
-    The harness calls ``update(batch); state(); reset()`` once per batch and folds the
+    The harness calls ``update(gen); state(); reset()`` once per generated batch and folds the
     per-batch states left to right with ``merge``, so a shard interrupted after any batch
     resumes to bitwise the same result. ``merge`` must therefore be a left fold:
     ``merge([merge(states[:k]), *states[k:]]) == merge(states)`` bitwise, and it must not
-    modify its inputs.
+    modify its inputs. ``outputs`` names every row ``compute`` can emit.
     """
+
+    outputs: ClassVar[dict[str, Output]] = {}
+    #: the metric reads ``Generation.images`` (the harness decodes once for all metrics)
+    needs_images: ClassVar[bool] = False
+    #: parameters with defaults (checked by ``bench plan``)
+    param_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, ctx: MetricContext) -> None:
         self.ctx = ctx
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Raise FieldError for a parameter this metric does not take (before any work)."""
+        from bench.errors import FieldError, close_matches
+
+        for k in params:
+            if k not in cls.param_defaults:
+                raise FieldError(k, f"is not a parameter of this metric."
+                                 f"{close_matches(k, cls.param_defaults)}",
+                                 f"use one of: {', '.join(sorted(cls.param_defaults)) or '(none)'}.")
+
     @abstractmethod
-    def update(self, batch: SampleBatch) -> None: ...
+    def update(self, gen: Generation) -> None: ...
 
     @abstractmethod
     def state(self) -> dict[str, np.ndarray]:
@@ -68,6 +90,29 @@ class Metric(ABC):
     @staticmethod
     @abstractmethod
     def compute(state: dict[str, np.ndarray]) -> Values: ...
+
+    @staticmethod
+    def per_sample(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-sample values (aligned with ``state['index']``) for the per-sample table."""
+        return {}
+
+    @staticmethod
+    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Result-row columns naming what the number was computed against (provenance)."""
+        return {}
+
+
+def find_output(row: str) -> Output | None:
+    """The declared meaning of a result row name (e.g. 'fid', 'isc', 'rmse'), or None: metrics
+    and evals that emit rows of their own (``nfe_to_target``) declare ``outputs``."""
+    from bench.registry import EVALS, METRICS, load_all
+
+    load_all()
+    for entry in [*METRICS, *EVALS]:
+        outs = getattr(entry.load(), "outputs", {})
+        if row in outs:
+            return outs[row]
+    return None
 
 
 def merge_per_sample(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

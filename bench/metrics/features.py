@@ -11,7 +11,6 @@ files recorded with results). The extractors themselves:
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from bench.errors import BenchError
+from bench.hashing import file_sha256  # noqa: F401  (re-exported: weights are hashed by content)
 from bench.registry import FEATURES
 
 
@@ -40,21 +40,6 @@ class FeatureExtractor(ABC):
         """What determines the features (for content-keyed caches)."""
         d = self.describe()
         return {k: d[k] for k in ("extractor", "weights_sha256", "resize", "dim", "code")}
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def make_extractor(name: str = "inception", **params: Any) -> FeatureExtractor:

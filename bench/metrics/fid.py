@@ -33,7 +33,7 @@ import numpy as np
 import scipy.linalg
 
 from bench.errors import BenchError
-from bench.metrics.base import SampleBatch, Values
+from bench.metrics.base import Output, Values
 from bench.metrics.fidelity_common import (list_params, FidelityMetric, join_common, load_ref, nonfinite_values,
                                            read_config, split_common)
 from bench.metrics.refstats import Moments, mean_cov
@@ -156,6 +156,9 @@ def fid_interval(state: dict[str, np.ndarray], params: dict[str, Any], ref: Any,
                   "delete-a-group jackknife over generated samples, or bootstrap)")
 class FID(FidelityMetric):
     name = "fid"
+    outputs = {"fid": Output(False, "95% CI: delete-a-group jackknife over the generated samples "
+                             "(or a percentile bootstrap), reference fixed"),
+               "fid_nonfinite": Output(False, "none (a count of NaN/Inf samples left out)")}
     extra_params = {"ci_groups": 10, "ci_seed": 0, "bootstrap": 0}
 
     def __init__(self, ctx: Any) -> None:
@@ -169,12 +172,20 @@ class FID(FidelityMetric):
         self.index: list[np.ndarray] = []
         self.feats: list[np.ndarray] = []
 
-    def update(self, batch: SampleBatch) -> None:
-        idx, feats = self.features(batch)
+    def add_features(self, idx: np.ndarray, feats: dict[str, Any]) -> None:
         self.moments.update(feats["pool"])
         if self.keep:
             self.index.append(idx)
             self.feats.append(feats["pool"].numpy())
+
+    def add_moments(self, n: int, s1: np.ndarray, s2: np.ndarray) -> None:
+        """Statistics of a generated set known only by its moments (a refstats file)."""
+        if self.keep:
+            raise BenchError("FID from moments alone has no per-sample features for an interval; "
+                             "set ci_groups: 0 and bootstrap: 0, or give the images.")
+        self.moments.n += int(n)
+        self.moments.s1 = self.moments.s1 + s1
+        self.moments.s2 = self.moments.s2 + s2
 
     def state(self) -> dict[str, np.ndarray]:
         m = self.moments
@@ -213,10 +224,4 @@ class FID(FidelityMetric):
         value = frechet_distance(mu, sigma, ref.mu, ref.sigma, sqrt2=sqrt_r)
         lo, hi = fid_interval(state, config["params"], ref, sqrt_r, value)
         return {"fid": (value, lo, hi), **nonfinite_values("fid", n_bad)}
-
-    @staticmethod
-    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
-        from bench.metrics.fidelity_common import describe_state
-
-        return describe_state(state)
 list_params(FID)

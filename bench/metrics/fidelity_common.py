@@ -3,7 +3,7 @@
 Generated batches go straight to features on the model's device; only features (or their
 float64 sums) are kept. Non-finite samples are counted and dropped before decoding, never fed
 to the extractor. Metric parameters come from ``MetricContext.params`` (see README, "Fidelity
-metrics"): ``ref`` (refstats id, data set or stats file), ``extractor`` (default inception),
+metrics"; the ``fidelity`` eval passes its shared ones to every metric): ``ref`` (refstats id, data set or stats file), ``extractor`` (default inception),
 ``weights``, ``arch`` (clip), ``resize`` (inception: tf1_bilinear (default) | clean |
 legacy_pytorch; clip/dinov2 use their model's own preprocessing), ``refstats_dir``,
 ``ref_limit``, ``batch_size``.
@@ -11,7 +11,6 @@ legacy_pytorch; clip/dinov2 use their model's own preprocessing), ``refstats_dir
 
 from __future__ import annotations
 
-import contextvars
 import json
 import warnings
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import BenchError
-from bench.metrics.base import Metric, MetricContext, SampleBatch, merge_per_sample
+from bench.metrics.base import Metric, MetricContext, merge_per_sample
 from bench.models.base import ModelAdapter
 
 EXTRACTOR_PARAMS = ("extractor", "weights", "arch", "resize", "batch_size")
@@ -30,11 +29,6 @@ COMMON_PARAMS = {"ref": None, "extractor": "inception", "weights": None, "arch":
                  "refstats_dir": None, "ref_limit": None, "batch_size": 64}
 
 _EXTRACTORS: dict[str, Any] = {}
-
-#: Per-metric parameters set by the ``fidelity`` eval around nfe_curve's loop, for contexts
-#: that carry no ``params`` (MetricContext.params, when given, wins).
-EVAL_PARAMS: contextvars.ContextVar[dict[str, dict[str, Any]] | None] = contextvars.ContextVar(
-    "bench_fidelity_params", default=None)
 
 
 def get_extractor(params: dict[str, Any], device: torch.device | str) -> Any:
@@ -49,32 +43,29 @@ def get_extractor(params: dict[str, Any], device: torch.device | str) -> Any:
     return _EXTRACTORS[key]
 
 
-def finite_mask(samples: Tensor) -> Tensor:
-    return torch.isfinite(samples.reshape(len(samples), -1)).all(1)
-
-
-def batch_features(batch: SampleBatch, adapter: ModelAdapter, extractor: Any,
-                   logits: bool = False) -> tuple[np.ndarray, dict[str, Tensor], int]:
-    """(indices kept, features, count of non-finite samples dropped), cached on the batch so
-    several metrics on one batch run the extractor once."""
-    cache = batch.__dict__.setdefault("_bench_features", {})
-    key = (json.dumps(extractor.key(), sort_keys=True), logits)
-    if key not in cache:
-        have = [v for (k, lg), v in cache.items() if k == key[0] and lg]
-        if have:
-            cache[key] = have[0]
+def batch_features(gen: Any, extractor: Any, logits: bool = False
+                   ) -> tuple[np.ndarray, dict[str, Tensor], int]:
+    """(indices kept, features, count of non-finite samples dropped) of a Generation's decoded
+    images, memoised on the generation so several metrics on one batch run the extractor once."""
+    key = ("features", json.dumps(extractor.key(), sort_keys=True), logits)
+    if key not in gen.cache:
+        have = gen.cache.get(key[:2] + (True,))
+        if have is not None:
+            gen.cache[key] = have
         else:
-            mask = finite_mask(batch.samples)
+            if gen.images is None:
+                raise RuntimeError("fidelity metrics need decoded images (generate(decode=True))")
+            mask = np.ones(len(gen), bool) if gen.finite is None else np.asarray(gen.finite)
             n_bad = int((~mask).sum())
-            idx = np.asarray(batch.indices, dtype=np.int64)[mask.cpu().numpy()]
-            images = adapter.decode(batch.samples[mask]) if int(mask.sum()) else \
+            idx = np.asarray(gen.indices, dtype=np.int64)[mask]
+            images = gen.images[torch.from_numpy(mask).to(gen.images.device)] if mask.any() else \
                 torch.zeros((0, 3, 8, 8), dtype=torch.uint8)
-            cache[key] = (idx, extractor(images, logits=logits), n_bad)
-    return cache[key]
+            gen.cache[key] = (idx, extractor(images, logits=logits), n_bad)
+    return gen.cache[key]
 
 
 def check_decodes(adapter: ModelAdapter, metric: str) -> None:
-    if type(adapter).decode is ModelAdapter.decode:
+    if not adapter.produces_images:
         raise BenchError(f"metric '{metric}' measures images, and model {type(adapter).__name__} "
                          f"does not produce images (no decode()); use it with an image model, or "
                          f"an oracle metric such as oracle_rmse.")
@@ -86,24 +77,55 @@ class FidelityMetric(Metric):
     name = ""
     needs_ref = True
     needs_ref_features = False
+    needs_images = True
     logits = False
     extra_params: dict[str, Any] = {}
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.param_defaults = {**{k: v for k, v in COMMON_PARAMS.items()
+                                 if cls.needs_ref or k not in ("ref", "ref_limit")}, **cls.extra_params}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Names, the extractor and the reference, checked before any work."""
+        from bench.errors import FieldError, close_matches
+        from bench.registry import DATASETS, FEATURES
+
+        super().check_params(params)
+        ext = params.get("extractor", "inception")
+        if ext not in FEATURES:
+            raise FieldError("extractor", f"unknown feature extractor {ext!r}."
+                             f"{close_matches(str(ext), FEATURES.names())}",
+                             f"use one of: {', '.join(FEATURES.names())} (see 'bench list features').")
+        if cls.needs_ref:
+            ref = params.get("ref")
+            if not ref:
+                raise FieldError("ref", f"metric '{cls.name}' needs a reference.",
+                                 "give params {ref: fmnist-test} (a data set, a refstats id from "
+                                 "'bench refstats list', or a stats .npz).")
+            from bench.metrics import refstats
+            from pathlib import Path
+
+            ref = str(ref)
+            known = ref in DATASETS or Path(ref).exists() or refstats.ref_path(
+                ref, params.get("refstats_dir")).is_file()
+            if not known:
+                raise FieldError("ref", f"{ref!r} is not a data set, not a file or folder, and not a "
+                                 f"refstats id (reference statistics).{close_matches(ref, DATASETS.names())}",
+                                 f"use a data set ({', '.join(DATASETS.names())}), a folder of "
+                                 f"images, an .npz/.npy file, or an id from 'bench refstats list'.")
+
     def __init__(self, ctx: MetricContext) -> None:
         super().__init__(ctx)
-        params = getattr(ctx, "params", None)
-        if not params:
-            params = (EVAL_PARAMS.get() or {}).get(self.name, {})
-        params = dict(params)
-        allowed = {**COMMON_PARAMS, **self.extra_params}
-        for k in params:
-            if k not in allowed:
-                from bench.errors import close_matches
-
-                raise BenchError(f"metric '{self.name}': unknown parameter '{k}'."
-                                 f"{close_matches(k, allowed)} Use: {', '.join(sorted(allowed))}.")
-        self.params = {**allowed, **params}
-        check_decodes(ctx.adapter, self.name)
+        params = dict(ctx.params or {})
+        try:
+            self.check_params(params)
+        except BenchError as exc:
+            raise BenchError(f"metric '{self.name}': {exc}") from None
+        self.params = {**COMMON_PARAMS, **self.extra_params, **params}
+        if ctx.adapter is not None:  # None: images that come from no model (bench fid)
+            check_decodes(ctx.adapter, self.name)
         self.extractor = get_extractor(self.params, ctx.device)
         if self.logits and not getattr(self.extractor, "has_logits", False):
             raise BenchError(self.extractor.logits_unavailable())
@@ -140,10 +162,21 @@ class FidelityMetric(Metric):
                 "extractor": self.extractor.describe(),
                 "params": {k: self.params[k] for k in self.extra_params}}
 
-    def features(self, batch: SampleBatch) -> tuple[np.ndarray, dict[str, Tensor]]:
-        idx, feats, n_bad = batch_features(batch, self.ctx.adapter, self.extractor, self.logits)
+    def features(self, gen: Any) -> tuple[np.ndarray, dict[str, Tensor]]:
+        idx, feats, n_bad = batch_features(gen, self.extractor, self.logits)
         self.n_nonfinite += n_bad
         return idx, feats
+
+    def update(self, gen: Any) -> None:
+        self.add_features(*self.features(gen))
+
+    def add_features(self, idx: np.ndarray, feats: dict[str, Tensor]) -> None:
+        """Fold the features of the samples ``idx`` into the state."""
+        raise NotImplementedError
+
+    @staticmethod
+    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
+        return describe_state(state)
 
     def common_state(self) -> dict[str, np.ndarray]:
         return {"config": np.array(json.dumps(self.config(), sort_keys=True)),
@@ -206,9 +239,7 @@ def list_params(cls: type) -> None:
     """Show a fidelity metric's parameters in ``bench list metrics``."""
     from bench.registry import METRICS
 
-    params = {k: v for k, v in {**COMMON_PARAMS, **cls.extra_params}.items()
-              if not (k in ("ref", "ref_limit") and not cls.needs_ref)}
-    METRICS.entry(cls.name).meta["params"] = params
+    METRICS.entry(cls.name).meta["params"] = dict(cls.param_defaults)  # type: ignore[attr-defined]
 
 
 class PoolFeatureMetric(FidelityMetric):
@@ -221,8 +252,7 @@ class PoolFeatureMetric(FidelityMetric):
         self.index: list[np.ndarray] = []
         self.feats: list[np.ndarray] = []
 
-    def update(self, batch: SampleBatch) -> None:
-        idx, feats = self.features(batch)
+    def add_features(self, idx: np.ndarray, feats: dict[str, Any]) -> None:
         self.index.append(idx)
         self.feats.append(feats["pool"].numpy())
 
@@ -234,7 +264,3 @@ class PoolFeatureMetric(FidelityMetric):
     @staticmethod
     def merge(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return merge_features(states)
-
-    @staticmethod
-    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
-        return describe_state(state)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
-from bench.metrics.base import SampleBatch, Values
+from bench.metrics.base import Output, Values
 from bench.metrics.fidelity_common import list_params, FidelityMetric, merge_features, nonfinite_values, read_config
 from bench.registry import METRICS
 
@@ -43,6 +43,8 @@ def inception_score(logits: np.ndarray, splits: int = 10, shuffle: bool = True,
                   "torch-fidelity's); CI = mean -/+ std over 10 splits")
 class InceptionScore(FidelityMetric):
     name = "isc"
+    outputs = {"isc": Output(True, "mean -/+ std of the score over splits (as the IS paper)"),
+               "isc_nonfinite": Output(False, "none (a count of NaN/Inf samples left out)")}
     needs_ref = False
     logits = True
     extra_params = {"splits": 10, "seed": 2020}
@@ -52,8 +54,7 @@ class InceptionScore(FidelityMetric):
         self.index: list[np.ndarray] = []
         self.logit: list[np.ndarray] = []
 
-    def update(self, batch: SampleBatch) -> None:
-        idx, feats = self.features(batch)
+    def add_features(self, idx: np.ndarray, feats: dict[str, Any]) -> None:
         self.index.append(idx)
         self.logit.append(feats["logits_unbiased"].numpy())
 
@@ -73,10 +74,4 @@ class InceptionScore(FidelityMetric):
         s = inception_score(state["logits"], int(p["splits"]), True, int(p["seed"]))
         mean, std = float(s.mean()), float(s.std())
         return {"isc": (mean, mean - std, mean + std), **nonfinite_values("isc", n_bad)}
-
-    @staticmethod
-    def describe(state: dict[str, np.ndarray]) -> dict[str, Any]:
-        from bench.metrics.fidelity_common import describe_state
-
-        return describe_state(state)
 list_params(InceptionScore)

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from bench.errors import BenchError
-from bench.metrics.base import Values
+from bench.metrics.base import Output, Values
 from bench.metrics.fidelity_common import (list_params, PoolFeatureMetric, load_ref,
                                            nonfinite_values, read_config)
 from bench.registry import METRICS
@@ -55,6 +55,8 @@ def kid_subsets(gen: np.ndarray, ref: np.ndarray, subsets: int = 100, subset_siz
                   "subsets as torch-fidelity; CI = mean -/+ std over subsets)")
 class KID(PoolFeatureMetric):
     name = "kid"
+    outputs = {"kid": Output(False, "mean -/+ std over subsets (random subsets, as torch-fidelity)"),
+               "kid_nonfinite": Output(False, "none (a count of NaN/Inf samples left out)")}
     extra_params = {"subsets": 100, "subset_size": 1000, "seed": 2020}
 
     @staticmethod

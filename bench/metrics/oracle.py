@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
 import torch
 
-from bench.metrics.base import Metric, SampleBatch, Values, mean_ci, merge_per_sample
+from bench.metrics.base import MEAN_CI, Metric, Output, Values, mean_ci, merge_per_sample
 from bench.registry import METRICS
 
 
 @METRICS.register("oracle_rmse", "RMSE per dimension between each sample and the exact PF-ODE "
                   "solution from the same initial noise (oracle models); mean and 95% t-CI")
 class OracleRMSE(Metric):
+    outputs = {"rmse": Output(False, MEAN_CI, "RMSE per dimension against the exact ODE solution")}
+
     def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(ctx)
         if not ctx.adapter.is_oracle:
@@ -26,7 +29,7 @@ class OracleRMSE(Metric):
         self.index: list[np.ndarray] = []
         self.rmse: list[np.ndarray] = []
 
-    def truth(self, batch: SampleBatch) -> torch.Tensor:
+    def truth(self, batch: Any) -> torch.Tensor:
         s0, s1 = float(batch.sigmas[0]), float(batch.sigmas[-1])
         adapter, cache = self.ctx.adapter, self.ctx.cache_dir
         if getattr(adapter, "truth_is_cheap", False) or cache is None:
@@ -42,7 +45,7 @@ class OracleRMSE(Metric):
         atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), out.detach().cpu().numpy()))
         return out
 
-    def update(self, batch: SampleBatch) -> None:
+    def update(self, batch: Any) -> None:
         diff = (batch.samples.to(torch.float64) - self.truth(batch).to(torch.float64)).flatten(1)
         self.rmse.append(diff.pow(2).mean(1).sqrt().cpu().numpy())
         self.index.append(np.asarray(batch.indices, dtype=np.int64))
@@ -57,3 +60,7 @@ class OracleRMSE(Metric):
     @staticmethod
     def compute(state: dict[str, np.ndarray]) -> Values:
         return {"rmse": mean_ci(state["rmse"])}
+
+    @staticmethod
+    def per_sample(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"rmse": state["rmse"]}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.metrics.base import Values, mean_ci
+from bench.metrics.base import MEAN_CI, Output, Values, mean_ci
 from bench.metrics.fidelity_common import (list_params, PoolFeatureMetric, load_ref,
                                            nonfinite_values, read_config)
 from bench.registry import METRICS
@@ -72,6 +72,8 @@ def density_coverage(gen: np.ndarray, ref: np.ndarray, k: int = 5, block: int = 
                   "95% t-CI over samples")
 class PrecisionRecall(PoolFeatureMetric):
     name = "prc"
+    outputs = {"precision": Output(True, MEAN_CI), "recall": Output(True, MEAN_CI),
+               "prc_nonfinite": Output(False, "none (a count of NaN/Inf samples left out)")}
     extra_params = {"k": 3}
 
     @staticmethod
@@ -85,6 +87,8 @@ class PrecisionRecall(PoolFeatureMetric):
 @METRICS.register("dc", "Density and coverage (k=5, Naeem et al. 2020) vs params.ref; 95% t-CI")
 class DensityCoverage(PoolFeatureMetric):
     name = "dc"
+    outputs = {"density": Output(True, MEAN_CI), "coverage": Output(True, MEAN_CI),
+               "dc_nonfinite": Output(False, "none (a count of NaN/Inf samples left out)")}
     extra_params = {"k": 5}
 
     @staticmethod

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from bench.conditions import Condition
 from bench.denoiser import Denoiser
 
 
@@ -16,6 +17,8 @@ class ModelAdapter(ABC):
 
     #: True for models whose probability-flow ODE solution is known (see ``ode_solution``).
     is_oracle: bool = False
+    #: what the model is conditioned on: None, "classes" or "prompts" (see ``bench.conditions``)
+    conditioning: str | None = None
 
     @abstractmethod
     def load(self, device: torch.device | str = "cpu") -> Denoiser: ...
@@ -31,6 +34,26 @@ class ModelAdapter(ABC):
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
+
+    @property
+    def produces_images(self) -> bool:
+        return type(self).decode is not ModelAdapter.decode
+
+    def label(self) -> str:
+        """How error messages name the model."""
+        return f"'{type(self).__name__}'"
+
+    def class_labels(self, spec: Any) -> list[int]:
+        """The class labels of ``conditions: {classes: spec}`` (class-conditional models)."""
+        raise NotImplementedError(f"{type(self).__name__} is not class-conditional")
+
+    def class_names(self) -> dict[int, str] | None:
+        return None
+
+    def encode(self, conditions: Sequence[Condition], negative_prompt: str = ""
+               ) -> tuple[Tensor, Tensor | None]:
+        """(rows, null rows) the network takes for these conditions (conditional models)."""
+        raise NotImplementedError(f"{type(self).__name__} is not conditional")
 
     def decode(self, x0: Tensor) -> Tensor:
         """Samples in data space -> uint8 NCHW images in [0, 255]."""

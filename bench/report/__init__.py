@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.store import ROW_KEY
 from bench.report.galleries import render_galleries
 from bench.report.plots import nfe_plot
 from bench.report.tables import fmt, markdown_table, slopes, value_table, cost_table
@@ -30,11 +31,9 @@ def load_results(results: str | Path, suite: str | None = None) -> pd.DataFrame:
     return latest_rows(df)
 
 
-CELL_COLUMNS = ["suite", "model", "sampler", "nfe", "eval", "metric"]
-
-
 def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep the newest row of each cell (suite, model, sampler, NFE, eval, metric).
+    """Keep the newest row of each key (``bench.store.ROW_KEY``: suite, model, sampler, NFE,
+    eval, slice, step, metric).
 
     A suite rerun after its code or settings changed (another ``config_hash``) writes new rows
     beside the old ones; a report shows the newest and says how many it left out
@@ -42,7 +41,7 @@ def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
     """
     when = pd.to_datetime(df["created_at"], utc=True, format="ISO8601")
     order = df.assign(_when=when).sort_values("_when", kind="stable").drop(columns="_when")
-    newest = order.drop_duplicates(CELL_COLUMNS, keep="last").sort_index()
+    newest = order.drop_duplicates(ROW_KEY, keep="last").sort_index()
     dropped = df["suite"].value_counts().sub(newest["suite"].value_counts(), fill_value=0)
     newest.attrs["superseded"] = {str(k): int(v) for k, v in dropped.items() if v}
     return newest
@@ -65,14 +64,37 @@ def suite_report_options(results: str | Path, suite: str) -> dict:
 
 
 def interval_caption(metric: str) -> str:
-    """What a metric's value and bracket are: its registry description, which names the
-    interval its paper reports (FID: jackknife/bootstrap CI; KID, IS: mean -/+ std), else a
-    95% t-CI of the mean over samples (rows such as precision/recall, rmse)."""
-    from bench.registry import METRICS
+    """What a metric's bracket is, as the metric declares it (``Metric.outputs``): FID a
+    jackknife/bootstrap CI, KID and IS mean -/+ std, per-sample means a t-CI."""
+    from bench.metrics.base import find_output
 
-    if metric in METRICS:
-        return f"{metric}: {METRICS.entry(metric).description}"
-    return "mean [95% CI] over samples"
+    out = find_output(metric)
+    if out is None:
+        return f"{metric}: [ci_low, ci_high] as recorded"
+    better = {True: "higher is better", False: "lower is better", None: "no direction"}
+    return f"{metric} ({better[out.higher_is_better]}): {out.interval}"
+
+
+def nfe_to_target_section(df: pd.DataFrame) -> list[str]:
+    """The loop eval's results: the NFE found per (model, sampler) and how many probes it took."""
+    rows = df[(df["eval"] == "nfe_to_target") & (df["metric"] == "nfe_to_target")]
+    if rows.empty:
+        return []
+    out = []
+    for _, r in rows.sort_values(["model", "sampler"]).iterrows():
+        params = json.loads(r["eval_params"])
+        probes = df[(df["eval"] == "nfe_to_target") & (df["config_hash"] == r["config_hash"])
+                    & (df["metric"] != "nfe_to_target")].sort_values("step")
+        found = "not reached" if pd.isna(r["value"]) else f"{int(r['value'])}"
+        trail = ", ".join(f"{int(p['nfe'])}: {fmt(p['value'])}" for _, p in probes.iterrows())
+        out.append([str(r["model"]), str(r["sampler"]),
+                    f"{params['metric']['name']} {params['output']} "
+                    f"to {params['target']:g}",
+                    found, trail])
+    return ["## NFE to reach a target", "",
+            "Smallest NFE (bisection over the sampler's step counts in [nfe_min, nfe_max]) at which "
+            "the metric reached the target; probes in order (NFE: value).", "",
+            markdown_table(["model", "sampler", "target", "NFE", "probes"], out), ""]
 
 
 def render(results: str | Path, out: str | Path, suite: str | None = None,
@@ -102,7 +124,9 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
         if n_old := df.attrs.get("superseded", {}).get(suite_name):
             md += [f"{n_old} older row(s) of the same cells (an earlier run with other code or "
                    "settings) are left out; the newest row of each cell is shown.", ""]
-        for (model, metric), g in sdf.groupby(["model", "metric"], sort=True):
+        md += nfe_to_target_section(sdf)
+        sampled = sdf[(sdf["slice"] == "all") & (sdf["eval"] != "nfe_to_target")]
+        for (model, metric), g in sampled.groupby(["model", "metric"], sort=True):
             md += [f"## {model} — {metric}", "",
                    f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
                    f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "

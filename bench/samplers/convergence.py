@@ -30,9 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.denoiser import CountingDenoiser
-from bench.noise import NoiseSource
-from bench.registry import SAMPLERS
+from bench.generate import LoadedModel, SamplerSpec, generate
 
 ORACLE = {"shape": (1, 8, 8), "cov": "full", "var_min": 0.01}
 GRID = {"name": "time_quadratic"}
@@ -50,6 +48,12 @@ class OrderCase:
     nfes: tuple[int, ...] = HIGHER
     source: str = ""
 
+    def run_grid(self) -> dict[str, Any]:
+        """``grid`` with the sampler params it depends on (e.g. dpm_solver_fast's order)."""
+        from bench.samplers.base import sampler_grid
+
+        return sampler_grid(self.sampler, self.params, self.grid)
+
 
 ORDER_CASES: list[OrderCase] = [
     OrderCase("ddim", "ddim", 1, nfes=FIRST, source="Song et al. 2021"),
@@ -61,7 +65,7 @@ ORDER_CASES: list[OrderCase] = [
     OrderCase("dpmpp_2m", "dpmpp_2m", 2, {"lower_order_final": False}, source="Lu et al. 2022b"),
     OrderCase("dpm_solver_3", "dpm_solver_3", 3, source="Lu et al. 2022, Thm 3.2"),
     OrderCase("dpm_solver_fast", "dpm_solver_fast", 3,
-              grid={"name": "dpm_fast", "order": 3, "skip": "time_quadratic"},
+              grid={"name": "dpm_fast", "skip": "time_quadratic"},
               nfes=(47, 95, 191, 383), source="Lu et al. 2022 (order-3 schedule)"),
     OrderCase("dpmpp_3m", "dpmpp_3m", 3, {"lower_order_final": False}, source="Lu et al. 2022b"),
     OrderCase("dpmpp_3m d2=half", "dpmpp_3m", 2, {"lower_order_final": False, "d2": "half"},
@@ -96,23 +100,21 @@ def measure_order(case: OrderCase, samples: int = 16, seed: int = 0) -> OrderRes
     """RMSE against the exact ODE solution at each NFE, and the fitted log-log slope (negated)."""
     from bench.models.gmm import GMMOracle
     from bench.samplers import sampler_info, steps_for_nfe
-    from bench.samplers.schedules import grid_final_zero, make_grid
+    from bench.samplers.schedules import grid_final_zero
 
     oracle = GMMOracle(**ORACLE)
-    den = oracle.load()
-    z = NoiseSource(seed, range(samples)).randn(oracle.sample_shape())
+    model = LoadedModel(oracle, oracle.load(), torch.device("cpu"))
     info = sampler_info(case.sampler)
+    grid = case.run_grid()
     nfes, errors = [], []
     for nfe in case.nfes:
-        steps, used = steps_for_nfe(info.evals_per_step, nfe, grid_final_zero(case.grid))
-        sigmas = make_grid(case.grid, den.schedule, steps)
-        x = z * sigmas[0]
-        model = CountingDenoiser(den)
-        out = SAMPLERS.get(case.sampler)(model, x, sigmas, **case.params)
-        if model.nfe != used:
-            raise RuntimeError(f"{case.label}: counted NFE {model.nfe} != {used}")
-        truth = oracle.ode_solution(x, float(sigmas[0]), float(sigmas[-1]))
-        errors.append(float((out - truth).flatten(1).pow(2).mean(1).sqrt().mean()))
+        steps, used = steps_for_nfe(info.evals_per_step, nfe, grid_final_zero(grid))
+        gen = generate(model, SamplerSpec(case.sampler, dict(case.params), grid, steps),
+                       range(samples), seed)
+        if gen.nfe != used:
+            raise RuntimeError(f"{case.label}: counted NFE {gen.nfe} != {used}")
+        truth = oracle.ode_solution(gen.x_start, float(gen.sigmas[0]), float(gen.sigmas[-1]))
+        errors.append(float((gen.samples - truth).flatten(1).pow(2).mean(1).sqrt().mean()))
         nfes.append(used)
     slope = -float(np.polyfit(np.log(nfes), np.log(errors), 1)[0])
     return OrderResult(case, nfes, errors, slope)
@@ -124,8 +126,9 @@ def markdown(results: list[OrderResult]) -> str:
     for r in results:
         c = r.case
         params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "–"
-        grid = ", ".join(f"{k}={v}" for k, v in c.grid.items() if k != "name")
-        grid = c.grid["name"] + (f" ({grid})" if grid else "")
+        g = c.run_grid()
+        grid = ", ".join(f"{k}={v}" for k, v in g.items() if k != "name")
+        grid = g["name"] + (f" ({grid})" if grid else "")
         lines.append(f"| {c.sampler} | {params} | {grid} | {r.nfes[0]}–{r.nfes[-1]} | "
                      f"{r.errors[0]:.2e} / {r.errors[-1]:.2e} | {r.slope:.2f} | {c.theory} | "
                      f"{c.source} |")

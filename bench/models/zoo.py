@@ -1,0 +1,51 @@
+"""The models this repository trains and ships (``bench/checkpoints``, diffusers format), their
+class names and the training configs that reproduce them (``bench/train_configs``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.models.diffusers_adapter import DiffusersAdapter
+from bench.registry import MODELS
+
+PACKAGE = Path(__file__).resolve().parent.parent
+CHECKPOINTS = PACKAGE / "checkpoints"
+TRAIN_CONFIGS = PACKAGE / "train_configs"
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                  "Sneaker", "Bag", "Ankle boot"]
+
+
+def shipped(name: str) -> Path:
+    """The shipped checkpoint folder of a zoo model."""
+    folder = CHECKPOINTS / name / "model"
+    if not (folder / "model_index.json").is_file():
+        raise BenchError(f"model '{name}': the shipped checkpoint '{folder}' is missing; reinstall "
+                         f"the package from the repository, or retrain it with 'bench train "
+                         f"{name} --out {CHECKPOINTS / name}'.")
+    return folder
+
+
+def _relative(adapter: DiffusersAdapter) -> DiffusersAdapter:
+    """Record a shipped model's path relative to the package (no machine paths in results)."""
+    adapter.params["path"] = str(adapter.path.relative_to(PACKAGE.parent))
+    return adapter
+
+
+@MODELS.register("fmnist-cond", "Class-conditional DDPM (eps) trained here on Fashion-MNIST 28x28, "
+                 "10 classes + null class; shipped in diffusers format (bench/checkpoints)")
+def fmnist_cond(*, guidance: Any = None, block: int = 16, dtype: str = "float32") -> DiffusersAdapter:
+    return _relative(DiffusersAdapter(path=str(shipped("fmnist-cond")), guidance=guidance,
+                                      block=block, dtype=dtype, name="fmnist-cond",
+                                      class_names=FMNIST_CLASSES))
+
+
+@MODELS.register("fmnist-v", "Unconditional v-prediction DDPM trained here on Fashion-MNIST 28x28; "
+                 "shipped in diffusers format (bench/checkpoints)")
+def fmnist_v(*, block: int = 16, dtype: str = "float32") -> DiffusersAdapter:
+    return _relative(DiffusersAdapter(path=str(shipped("fmnist-v")), block=block, dtype=dtype,
+                                      name="fmnist-v"))
+
+
+fmnist_cond.validate_early = fmnist_v.validate_early = True  # type: ignore[attr-defined]
