@@ -204,6 +204,22 @@ def _file_sha256(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------ loop
+def load_state(path: Path, device: torch.device) -> dict[str, Any]:
+    """A training checkpoint, read without unpickling arbitrary objects (``weights_only``): a
+    crafted ``state.pt`` in the output folder cannot run code."""
+    try:
+        st = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # UnpicklingError for anything but tensors and plain containers
+        raise BenchError(f"{path} cannot be read as a training checkpoint of tensors and plain "
+                         f"values ({type(exc).__name__}); it was not written by 'bench train' or is "
+                         f"damaged. Delete it to start over, or use another 'out' folder.") from None
+    need = {"unet", "ema", "opt", "step", "config"}
+    if not isinstance(st, dict) or need - set(st):
+        raise BenchError(f"{path} is not a 'bench train' checkpoint (needs {sorted(need)}); delete "
+                         f"it to start over, or use another 'out' folder.")
+    return st
+
+
 def train(cfg: TrainConfig, command: str | None = None, device: str | None = None,
           progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or resume) to ``cfg.max_steps``; returns a summary. ``stop_after`` ends early
@@ -227,7 +243,7 @@ def train(cfg: TrainConfig, command: str | None = None, device: str | None = Non
     state_path, log_path = out / "state.pt", out / "losses.jsonl"
     step = 0
     if state_path.exists():
-        st = torch.load(state_path, map_location=dev, weights_only=False)
+        st = load_state(state_path, dev)
         if st["config"] != asdict(cfg):
             diff = {k: (st["config"].get(k), v) for k, v in asdict(cfg).items()
                     if st["config"].get(k) != v and k not in RESUMABLE_CHANGES}

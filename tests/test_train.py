@@ -106,3 +106,24 @@ def test_shipped_models_fit_the_size_budget() -> None:
     for name in ("fmnist-cond", "fmnist-v"):
         assert (SHIPPED / name / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
         assert "training command" in (SHIPPED / name / "model" / "README.md").read_text()
+
+
+class _Payload:
+    """Unpickling this writes a marker file: what a crafted checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_resume_never_unpickles_code_from_state_pt(tmp_path, fmnist) -> None:
+    cfg = tiny(tmp_path, "a")
+    Path(cfg.out).mkdir(parents=True)
+    marker = tmp_path / "marker"
+    torch.save({"unet": {}, "ema": {}, "opt": {}, "step": 1, "config": {}, "x": _Payload(marker)},
+               Path(cfg.out) / "state.pt")
+    with pytest.raises(BenchError, match="cannot be read as a training checkpoint.*Delete it"):
+        train(cfg, progress=False)
+    assert not marker.exists()
