@@ -298,3 +298,24 @@ def test_bare_unet2dcondition_folder_with_embeddings_file(tmp_path) -> None:
         eps = unet(x / (1 + 9.0) ** 0.5, t, encoder_hidden_states=emb[[1, 0]]).sample
     ref = x.double() - 3.0 * eps.double()
     assert torch.allclose(den(x, s, Cond(rows, null)).double(), ref, atol=1e-5)
+
+
+def test_model_index_cannot_make_the_adapter_import_any_module(tmp_path, monkeypatch) -> None:
+    folder = save_ddpm(tmp_path / "p")
+    marker = tmp_path / "imported"
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "evil_component_lib.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\nclass Thing: pass\n")
+    monkeypatch.syspath_prepend(str(mod))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["extra"] = ["evil_component_lib", "Thing"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "extra").mkdir()
+    monkeypatch.delenv("BENCH_ALLOWED_LIBRARIES", raising=False)
+    with pytest.raises(BenchError, match="component 'extra' .*library 'evil_component_lib'.*"
+                                         "BENCH_ALLOWED_LIBRARIES"):
+        DiffusersAdapter(path=str(folder))
+    assert not marker.exists()
+    monkeypatch.setenv("BENCH_ALLOWED_LIBRARIES", "evil_component_lib")  # the user's explicit choice
+    DiffusersAdapter(path=str(folder))  # validates; loading would import it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ from bench.samplers.schedules import DiscreteVP
 
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 SKIPPED = ("safety_checker", "feature_extractor", "image_encoder")
+#: libraries whose classes a folder's model_index.json may name; a folder names the module to
+#: import, so anything else is refused unless the user extends the list
+LIBRARIES = ("diffusers", "transformers")
+LIBRARIES_ENV = "BENCH_ALLOWED_LIBRARIES"
+
+
+def allowed_libraries() -> tuple[str, ...]:
+    extra = [x.strip() for x in os.environ.get(LIBRARIES_ENV, "").split(",") if x.strip()]
+    return (*LIBRARIES, *extra)
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -74,6 +84,12 @@ def find_components(p: Path, scheduler: str | None) -> Folder:
         for k, (lib, cls) in comps.items():
             if k in SKIPPED:
                 continue
+            if lib not in allowed_libraries() and k != "scheduler":
+                raise BenchError(f"diffusers: component '{k}' in '{p / 'model_index.json'}' names "
+                                 f"library {lib!r}; only classes of {', '.join(allowed_libraries())} "
+                                 f"are loaded (a folder must not choose which module to import). "
+                                 f"If you trust this folder, add the library to ${LIBRARIES_ENV} "
+                                 f"(comma-separated).")
             if not (p / k).is_dir():
                 raise BenchError(f"diffusers: component '{k}' ({cls}) listed in "
                                  f"'{p / 'model_index.json'}' is missing: no folder '{p / k}'.")
@@ -141,6 +157,9 @@ def schedule_from_config(cfg: dict[str, Any], where: str) -> DiscreteVP:
 
 
 def load_component(folder: Path, library: str, class_name: str, dtype: torch.dtype | None) -> Any:
+    if library not in allowed_libraries():
+        raise BenchError(f"diffusers: component '{folder.name}' names library {library!r}, which is "
+                         f"not allowed (${LIBRARIES_ENV} extends {', '.join(LIBRARIES)}).")
     try:
         cls = getattr(importlib.import_module(library), class_name)
     except (ImportError, AttributeError):
