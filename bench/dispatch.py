@@ -239,6 +239,18 @@ def shard_states(store: ResultStore, manifest: dict[str, Any]) -> list[dict[str,
     return out
 
 
+def is_local_job_of(pid: int, jobs_folder: Path) -> bool:
+    """Whether process ``pid`` is submitit's local job controller for this run's jobs folder
+    (its command line says so): no other process is ever signalled."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in argv]
+    folders = {str(jobs_folder.absolute()), str(jobs_folder.resolve())}
+    return "submitit.local._local" in args and any(a in folders for a in args)
+
+
 def cancel_run(store: ResultStore, manifest: dict[str, Any]) -> list[str]:
     """Cancel the run's queued or running jobs; return what was cancelled."""
     import signal
@@ -255,8 +267,10 @@ def cancel_run(store: ResultStore, manifest: dict[str, Any]) -> list[str]:
             subprocess.run(["scancel", jid], check=False)  # an array task id (123_4) or a job id
             done.append(f"slurm job {jid}")
         elif name == "local":
-            if _alive(int(jid)):
-                os.kill(int(jid), signal.SIGTERM)  # submitit's controller forwards it to its task
+            if _alive(int(jid)) and is_local_job_of(int(jid), store.jobs / manifest["run_id"]):
+                # as submitit's LocalJob.cancel: SIGINT makes the controller kill its tasks
+                # (a task ignores SIGTERM: submitit bypasses it, as Slurm sends it before USR2)
+                os.kill(int(jid), signal.SIGINT)
                 done.append(f"local job {jid}")
     for key in (k for job in manifest.get("jobs", []) for k in job["keys"]):
         if not store.has_shard(key):

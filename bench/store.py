@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,30 @@ ROW_KEY = ["suite", "model", "sampler", "nfe", "eval", "slice", "step", "metric"
 #: leading columns of the per-sample table (then per-sample metric values and sampler extras)
 SAMPLE_COLUMNS = ["suite", "model", "sampler", "nfe", "eval", "config_hash", "run_id", "index",
                   "seed", "finite", "cond_id", "cond_text", "category"]
+
+
+#: what a shard key and a run id look like; anything else read from disk is refused, so a
+#: crafted manifest cannot make a command touch paths outside the results folder
+KEY_RE = re.compile(r"^[0-9a-f]{20}$")
+RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+
+
+def check_key(key: Any) -> str:
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        from bench.errors import BenchError
+
+        raise BenchError(f"shard key {key!r} is not a content hash (20 hex digits); the run "
+                         f"manifest or marker that named it was not written by bench. Remove it.")
+    return key
+
+
+def check_run_id(run_id: Any) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+        from bench.errors import BenchError
+
+        raise BenchError(f"run id {run_id!r} is not of the form YYYYMMDD-HHMMSS-xxxxxx; pass a run "
+                         f"id printed by 'bench run', or 'latest'.")
+    return run_id
 
 
 def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -114,7 +139,7 @@ class ResultStore:
 
     # -------------------------------------------------------------------------- shards
     def shard_path(self, key: str) -> Path:
-        return self.shards / f"{key}.npz"
+        return self.shards / f"{check_key(key)}.npz"
 
     def has_shard(self, key: str) -> bool:
         return self.shard_path(key).is_file()
@@ -136,7 +161,7 @@ class ResultStore:
 
     # ------------------------------------------------------------------ partial progress
     def partial_path(self, key: str) -> Path:
-        return self.root / "_partial" / f"{key}.npz"
+        return self.root / "_partial" / f"{check_key(key)}.npz"
 
     def write_partial(self, key: str, next_index: int, state: dict[str, np.ndarray],
                       meta: dict[str, Any]) -> None:
@@ -157,7 +182,7 @@ class ResultStore:
 
     # ------------------------------------------------------------------- running markers
     def running_path(self, key: str) -> Path:
-        return self.root / "_running" / f"{key}.json"
+        return self.root / "_running" / f"{check_key(key)}.json"
 
     def mark_running(self, key: str, info: dict[str, Any]) -> None:
         atomic_write(self.running_path(key), lambda tmp: tmp.write_text(json.dumps(info)))
@@ -171,7 +196,7 @@ class ResultStore:
 
     # ------------------------------------------------------------------------ failures
     def failure_path(self, key: str) -> Path:
-        return self.root / "_failed" / f"{key}.json"
+        return self.root / "_failed" / f"{check_key(key)}.json"
 
     def write_failure(self, key: str, info: dict[str, Any]) -> None:
         atomic_write(self.failure_path(key), lambda tmp: tmp.write_text(json.dumps(info, indent=1)))
@@ -205,7 +230,7 @@ class ResultStore:
 
     # ---------------------------------------------------------------------------- runs
     def run_path(self, run_id: str) -> Path:
-        return self.root / "_runs" / f"{run_id}.json"
+        return self.root / "_runs" / f"{check_run_id(run_id)}.json"
 
     def write_run(self, run_id: str, manifest: dict[str, Any]) -> None:
         atomic_write(self.run_path(run_id),
@@ -215,15 +240,40 @@ class ResultStore:
         """A run manifest by id; 'latest' means the newest run in this folder."""
         runs = sorted((self.root / "_runs").glob("*.json")) if (self.root / "_runs").is_dir() else []
         if run_id == "latest" and runs:
-            return json.loads(runs[-1].read_text())
-        p = self.run_path(run_id)
-        if not p.is_file():
+            return self._checked_manifest(runs[-1])
+        if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or not self.run_path(run_id).is_file():
             from bench.errors import BenchError
 
             known = ", ".join(r.stem for r in runs[-5:]) or "none"
-            raise BenchError(f"no run {run_id!r} in '{self.root}' (recent runs: {known}); "
-                             "pass a run id from 'bench run' output, or 'latest'.")
-        return json.loads(p.read_text())
+            raise BenchError(f"no run {run_id!r} in '{self.root}' (run ids are of the form "
+                             f"YYYYMMDD-HHMMSS-xxxxxx; recent runs: {known}); pass a run id from "
+                             "'bench run' output, or 'latest'.")
+        p = self.run_path(run_id)
+        return self._checked_manifest(p)
+
+    @staticmethod
+    def _checked_manifest(path: Path) -> dict[str, Any]:
+        """A manifest whose ids and keys are what bench writes (it is read from disk: trust
+        nothing that names a path or a process)."""
+        from bench.errors import BenchError
+
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"run manifest '{path}' cannot be read ({type(exc).__name__}); "
+                             f"remove it.") from None
+        if not isinstance(m, dict) or m.get("run_id") != path.stem:
+            raise BenchError(f"run manifest '{path}' does not name its own run id; remove it.")
+        check_run_id(m["run_id"])
+        for s in m.get("shards", []):
+            check_key(s.get("key"))
+        for job in m.get("jobs", []):
+            for k in job.get("keys", []):
+                check_key(k)
+            if not re.match(r"^([0-9]+(_[0-9]+)?|DEBUG_[0-9]+)$", str(job.get("job_id", ""))):
+                raise BenchError(f"run manifest '{path}': job id {job.get('job_id')!r} is not a "
+                                 f"Slurm job id, process id or debug job id; remove the manifest.")
+        return m
 
 
 def read_samples(root: str | Path, suite: str | None = None) -> Any:
