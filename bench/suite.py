@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,46 @@ DEFAULTS: dict[str, Any] = {"seed": 0, "samples": 64, "batch_size": 64, "shard_s
 
 
 # ------------------------------------------------------------------------------ loading
+#: YAML aliases (``*name``) a suite may use: each can stand for a whole subtree, so a small
+#: file with nested aliases expands to billions of values when the suite is copied or hashed
+MAX_ALIASES = 100
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses documents with more than MAX_ALIASES aliases."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); an alias can "
+                                     f"stand for a whole subtree, so this is refused")
+        return super().compose_node(parent, index)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with a bound on aliases (no alias bombs)."""
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path, origin: str) -> dict[str, Any]:
     if not path.is_file():
         raise SuiteError(origin, "include" if origin != str(path) else "(file)",
                          f"file '{path}' does not exist.", "check the path (relative paths in "
                          "include: are resolved from the including file).")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise SuiteError(str(path), "(file)", "is not UTF-8 text.",
+                         "save the suite as UTF-8.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -107,7 +141,7 @@ def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
                              "write e.g. --set samples=128 or --set nfe=[5,10].")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = safe_load(raw)
         except yaml.YAMLError:
             value = raw
         node: Any = data
@@ -224,9 +258,11 @@ def validate(data: dict[str, Any], source: str) -> Suite:
                              f"add '{k}:' ({TOP_LEVEL[k]}).")
     d = {**DEFAULTS, **data}
     name = d["name"]
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise SuiteError(source, "name", f"must be letters, digits, '-' or '_', got {name!r}.",
-                         "e.g. 'name: my-suite'.")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        # ASCII only (report file names keep every character) and no leading '_' or '-'
+        # (readers skip folders starting with '_': the rows would be invisible)
+        raise SuiteError(source, "name", f"must be ASCII letters, digits, '-' or '_', starting "
+                         f"with a letter or digit, got {name!r}.", "e.g. 'name: my-suite'.")
     _check_int(source, "seed", d["seed"], 0)
     _check_int(source, "samples", d["samples"])
     _check_int(source, "batch_size", d["batch_size"])

@@ -150,3 +150,17 @@ def test_diffusers_scheduler_in_params_only_gives_its_grid(write_suite):
     with pytest.raises(SuiteError, match=r"samplers\[0\]\.grid\.scheduler.*PNDMScheduler.*"
                                          r"DDIMScheduler"):
         load_suite(write_suite(small_suite(samplers=[other], models=models), name="c.yaml"))
+
+
+def test_alias_bombs_hidden_names_and_non_utf8_are_refused(cli, write_suite, tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefghijk", "bcdefghijkl"))  # 110 aliases, 10^12 leaves
+    code, _, err = cli("plan", write_suite(bomb, "bomb.yaml"))
+    assert code == 2 and "more than 100 aliases" in err and "Traceback" not in err
+    for name in ("_hidden", "-dash", "café", "a/b"):
+        code, _, err = cli("plan", write_suite(small_suite(name=name), "n.yaml"))
+        assert code == 2 and "field 'name'" in err, name
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    code, _, err = cli("plan", p)
+    assert code == 2 and "not UTF-8" in err
