@@ -1,6 +1,6 @@
 """Nightly regression check: compare two sets of result rows metric by metric.
 
-Rows are matched on ``bench.store.ROW_KEY`` (suite, model, sampler, nfe, eval, slice, step,
+A current value that is NaN or infinite always fails. Rows are matched on ``bench.store.ROW_KEY`` (suite, model, sampler, nfe, eval, slice, step,
 metric). A tolerance per metric is one of ``abs:X`` (|current - baseline| <= X), ``rel:X``
 (<= X * |baseline|) or ``ci`` (the 95% intervals overlap). Only a change in the metric's bad
 direction counts as a regression; the direction is the one the metric declares
@@ -82,10 +82,10 @@ def compare(base: pd.DataFrame, cur: pd.DataFrame, tols: dict[str, str],
             else:
                 beyond = r["ci_high_cur"] < r["ci_low_base"] or r["ci_low_cur"] > r["ci_high_base"]
             worse = direction(r["metric"]) * diff > 0 or (direction(r["metric"]) == 0 and diff != 0)
-            if math.isnan(c) and not math.isnan(b):
-                beyond = worse = True
             regressed = bool(beyond and worse)
             status = "REGRESSION" if regressed else ("improved" if beyond else "ok")
+            if not math.isfinite(c):  # NaN / inf is never a pass, not even against NaN
+                regressed, status = True, "NON-FINITE"
         tol_txt = f"{kind}:{x:g}" if kind != "ci" else "ci"
         out.append({**{k: r[k] for k in KEY}, "baseline": r["value_base"], "current": r["value_cur"],
                     "tolerance": tol_txt, "status": status, "regressed": regressed})

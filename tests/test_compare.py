@@ -74,3 +74,20 @@ def test_run_ids_resolve_and_bad_tolerance_errors(cli, baseline):
     assert code == 2 and "no run 'nope'" in err
     code, _, err = cli("compare", baseline / "base", baseline / "base", "--tol", "rmse=5%")
     assert code == 2 and "abs:X, rel:X or ci" in err
+
+
+def test_non_finite_current_values_fail_even_against_nan(cli, tmp_path):
+    import pyarrow.parquet as pq
+
+    from bench.store import rows_table
+
+    key = {"suite": "s", "model": "m", "sampler": "ddim", "nfe": 10, "eval": "nfe_curve",
+           "slice": "all", "step": 0, "metric": "rmse", "created_at": "2026-01-01T00:00:00+00:00"}
+    for name, v in (("nan", float("nan")), ("inf", float("inf")), ("ok", 0.5)):
+        (tmp_path / name).mkdir()
+        pq.write_table(rows_table([{**key, "value": v}]), tmp_path / name / "r.parquet")
+    for base, cur in (("nan", "nan"), ("ok", "nan"), ("ok", "inf")):
+        code, out, _ = cli("compare", tmp_path / base, tmp_path / cur)
+        assert code == 1 and "NON-FINITE" in out, (base, cur, out)
+    code, out, _ = cli("compare", tmp_path / "nan", tmp_path / "ok")
+    assert code == 0
