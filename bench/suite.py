@@ -442,7 +442,8 @@ def plan(suite: Suite) -> list[Shard]:
 
     d = suite.data
     shards: list[Shard] = []
-    for s_i, smp in enumerate(suite.samplers):
+    hashes = [model_hash(a) for a in suite.adapters]  # once per model, not per cell
+    for smp in suite.samplers:
         info = sampler_info(smp["name"])
         fz = grid_final_zero(smp["grid"])
         for ev, ev_obj in zip(suite.evals, suite.eval_objects):
@@ -458,12 +459,11 @@ def plan(suite: Suite) -> list[Shard]:
                                          f"(grid {smp['grid']['name']}): {exc}",
                                          "change the NFE list or nfe_rounding.") from None
                     points.append((nfe, steps))
+            codes = [cell_code_version(m["name"], smp["name"], smp["grid"]["name"], ev_obj, ev["name"])
+                     for m in suite.models]
             for nfe, steps in points:
-                for model, adapter, conds, n in zip(suite.models, suite.adapters, suite.conditions,
-                                                    suite.sample_counts):
-                    code = cell_code_version(model["name"], smp["name"], smp["grid"]["name"], ev_obj,
-                                             ev["name"])
-                    mhash = model_hash(adapter)
+                for model, mhash, code, conds, n in zip(suite.models, hashes, codes, suite.conditions,
+                                                        suite.sample_counts):
                     compute = {"model": {k: model[k] for k in ("name", "params")}, "model_hash": mhash,
                                "sampler": {k: smp[k] for k in ("name", "params", "grid")},
                                "steps": steps, "eval": ev, "seed": d["seed"], "code": code,

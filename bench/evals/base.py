@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 
 from bench.generate import LoadedModel
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ShardResult = tuple[dict[str, np.ndarray], dict[str, Any]]  # (state arrays, meta)
 

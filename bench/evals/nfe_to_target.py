@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
 
 import numpy as np
-import pandas as pd
 
 from bench.errors import FieldError
 from bench.evals.base import Eval, Models, ShardResult
@@ -27,6 +27,9 @@ from bench.evals.sampled import parse_metrics, sample_batches
 from bench.generate import SamplerSpec
 from bench.metrics.base import MetricContext, Output
 from bench.registry import EVALS, METRICS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OUTPUTS = {"nfe_to_target": Output(False, "none (the smallest reachable NFE that met the target; "
                                           "NaN if nfe_max did not)")}

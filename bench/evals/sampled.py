@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from bench.conditions import Conditions
@@ -28,6 +28,9 @@ from bench.metrics.base import Metric, MetricContext, mean_ci, merge_per_sample
 from bench.registry import METRICS
 
 SLICES = ("all", "condition", "category")
+if TYPE_CHECKING:
+    import pandas as pd
+
 RECORD = "_samples"  # state prefix of the per-sample record
 
 
@@ -211,6 +214,8 @@ class SampledEval(Eval):
 
     def finalize(self, shards: list[Any], results: list[ShardResult]
                  ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+        import pandas as pd
+
         metas = [m for _, m in results]
         counted = {m["nfe_counted"] for m in metas}
         if len(counted) != 1:

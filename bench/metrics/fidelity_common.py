@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,6 @@ class FidelityMetric(Metric):
                                  "give params {ref: fmnist-test} (a data set, a refstats id from "
                                  "'bench refstats list', or a stats .npz).")
             from bench.metrics import refstats
-            from pathlib import Path
 
             ref = str(ref)
             known = ref in DATASETS or Path(ref).exists() or refstats.ref_path(
