@@ -33,6 +33,7 @@ import yaml
 from torch import Tensor
 
 from bench.errors import BenchError, close_matches
+from bench.hashing import file_sha256
 from bench.models.zoo import TRAIN_CONFIGS as CONFIG_DIR
 #: config fields that may change between a run and its resumption (they do not change the steps)
 RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "log_every", "threads", "out"}
@@ -199,10 +200,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ------------------------------------------------------------------------------------ loop
 def load_state(path: Path, device: torch.device) -> dict[str, Any]:
     """A training checkpoint, read without unpickling arbitrary objects (``weights_only``): a
@@ -319,7 +316,7 @@ def export(cfg: TrainConfig, unet: Any, ema: Any, sched: Any, data_hash: str, lo
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     meta = {"name": cfg.name, "config": asdict(cfg), "data": cfg.dataset, "data_sha256": data_hash,
             "n_data": n_data, "steps": cfg.max_steps, "seed": cfg.seed, "final_loss_last100": final,
-            "first_losses": losses[:20], "weights_sha256": _file_sha256(weights),
+            "first_losses": losses[:20], "weights_sha256": file_sha256(weights),
             "command": command or f"bench train {cfg.name}",
             "torch": torch.__version__, "platform": platform.machine()}
     (folder / "training.json").write_text(json.dumps(meta, indent=2) + "\n")

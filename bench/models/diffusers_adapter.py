@@ -15,7 +15,6 @@ negative prompt as the unconditional branch.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from bench.conditions import Condition
 from bench.errors import BenchError
+from bench.hashing import file_sha256
 from bench.models.base import ModelAdapter
 from bench.models.diffusers_folder import find_components, load_component, read_json, schedule_from_config
 from bench.models.unet_denoiser import UNetDenoiser, encode_prompts, load_embeddings
@@ -106,7 +106,7 @@ class DiffusersAdapter(ModelAdapter):
                                  f"embeddings file has rows 0..{k - 1}.")
             self.conditioning, self.n_classes = "classes", k
             self.params.update(embeddings=Path(embeddings).name, null_embedding=self.null,
-                               embeddings_sha256=hashlib.sha256(Path(embeddings).read_bytes()).hexdigest())
+                               embeddings_sha256=file_sha256(embeddings))
             return
         if self.unet_class == "UNet2DConditionModel":
             if "text_encoder" not in self.components:
