@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +11,36 @@ from typing import Sequence
 from bench.errors import BenchError
 
 KINDS = ("models", "samplers", "grids", "evals", "metrics", "features", "datasets")
+
+
+def check_folder(path: str | Path, arg: str, write: bool) -> Path:
+    """``arg``'s folder is usable before any work: not a file, its nearest existing parent a
+    folder, and (``write``) that folder writable. It need not exist yet (it is created)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BenchError(f"{arg} '{p}' is a file, not a folder; pass a folder path (it is "
+                         f"created if missing), or move the file away.")
+    anc = p
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise BenchError(f"{arg} '{p}': '{anc}' is a file, so no folder can be made under it; "
+                         f"pass a folder path whose parents are folders.")
+    if write and not os.access(anc, os.W_OK | os.X_OK):
+        where = "the folder" if anc == p else f"its nearest existing parent '{anc}'"
+        raise BenchError(f"{arg} '{p}': {where} is not writable; pass a folder you can write "
+                         f"to, or fix its permissions.")
+    return p
+
+
+def check_existing_folder(path: str | Path, arg: str = "--results") -> Path:
+    """A results folder that must already exist (bench status, bench cancel)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise BenchError(f"{arg} '{p}' {'is a file, not a folder' if p.exists() else 'does not exist'}"
+                         f"; pass the folder 'bench run' wrote the run to (bench run SUITE "
+                         f"--results DIR).")
+    return p
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -38,17 +69,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.dispatch import check_executor
     from bench.store import ResultStore
     from bench.suite import load_suite, plan, rounding_notes
 
+    check_folder(args.results, "--results", write=False)
     suite = load_suite(args.suite, args.set)
+    check_executor(suite.source, suite["executor"], None)
     shards = plan(suite)
     store = ResultStore(args.results)
-    done = sum(store.has_shard(c.key) for c in shards)
+    done = sum(store.shard_problem(c.key) is None for c in shards)  # read-only
     n_cells = len({c.cell_key for c in shards})
     print(f"suite {suite.name}: {len(suite.models)} model(s) x {len(suite.samplers)} sampler(s) x "
           f"{len(suite['nfe'])} NFE x {len(suite.evals)} eval(s): {n_cells} cell(s) in "
           f"{len(shards)} shard(s), {done} already done in {args.results}")
+    for line in suite.budget.lines():  # counted and bounded by plan() (bench.budget)
+        print(line)
     for conds, m in zip(suite.conditions, suite.models):
         if conds.kind != "none":
             print(f"conditions of {m['label']}: {conds.summary()}")
@@ -58,50 +94,69 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.dispatch import run_suite
+    from bench.dispatch import check_executor, run_suite
     from bench.suite import load_suite, plan, rounding_notes
 
+    check_folder(args.results, "--results", write=True)
+    if args.jobs is not None and args.jobs < 1:
+        raise BenchError(f"--jobs {args.jobs}: must be >= 1; pass a positive number of jobs, or "
+                         f"leave it out for the executor's default.")
     suite = load_suite(args.suite, args.set)
-    for note in rounding_notes(suite, plan(suite)):
+    check_executor(suite.source, suite["executor"], args.executor)
+    shards = plan(suite)  # refuses a suite over the bounds of bench.budget before any job
+    for line in suite.budget.lines():
+        print(line, file=sys.stderr)
+    for note in rounding_notes(suite, shards):
         print(f"note: {note}", file=sys.stderr)
     summary = run_suite(suite, args.results, executor=args.executor, jobs=args.jobs)
     print(summary.line())
     for f in summary.failed:
         print(f"failed: {f['key']}: {f['error']} (traceback in {args.results}/_failed/{f['key']}.json)")
-    return 1 if summary.failed else 0
+    for line in summary.nonfinite:
+        print(f"non-finite: {line}")
+    return 1 if summary.failed or summary.nonfinite else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import render
 
     out = args.out or str(Path("reports") / (args.suite or "report"))
+    check_folder(out, "--out", write=True)
+    if args.fit_min_nfe is not None and args.fit_min_nfe < 0:
+        raise BenchError(f"--fit-min-nfe {args.fit_min_nfe}: must be >= 0; pass the smallest "
+                         f"counted NFE to fit over, or leave it out.")
     for p in render(args.results, out, suite=args.suite, fit_min_nfe=args.fit_min_nfe):
         print(p)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.dispatch import shard_states
+    from bench.dispatch import run_liveness, shard_states
     from bench.store import ResultStore
 
-    store = ResultStore(args.results)
+    store = ResultStore(check_existing_folder(args.results))
     manifest = store.read_run(args.run)
     states = shard_states(store, manifest)
-    counts = {s: sum(1 for r in states if r["state"] == s) for s in ("pending", "running", "done", "failed")}
+    counts = {s: sum(1 for r in states if r["state"] == s)
+              for s in ("pending", "running", "done", "failed", "corrupt")}
     print(f"run {manifest['run_id']} (suite {manifest['suite']}, executor {manifest['executor']}, "
-          f"{manifest.get('status', '?')}): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+          f"{manifest.get('status', '?')}): " + ", ".join(f"{v} {k}" for k, v in counts.items()
+                                                          if v or k != "corrupt"))
+    live = run_liveness(manifest, states)
+    if live:
+        print(f"  {live}")
     for r in states:
         print(f"  {r['state']:8s} {r['shard']}  {r['reason']}".rstrip())
         if r.get("traceback"):
             print("    " + r["traceback"].rstrip().replace("\n", "\n    "))
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or counts["corrupt"] else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from bench.dispatch import cancel_run
     from bench.store import ResultStore
 
-    store = ResultStore(args.results)
+    store = ResultStore(check_existing_folder(args.results))
     cancelled = cancel_run(store, store.read_run(args.run))
     print("cancelled: " + (", ".join(cancelled) if cancelled else "nothing was queued or running"))
     return 0
@@ -113,13 +168,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tols = {}
     for t in args.tol:
         metric, _, spec = t.partition("=")
-        if not spec:
-            raise BenchError(f"--tol {t!r}: write METRIC=abs:X, METRIC=rel:X or METRIC=ci.")
-        parse_tol(spec)
+        metric, spec = metric.strip(), spec.strip()
+        if not metric or not spec:
+            raise BenchError(f"--tol {t!r}: {'no metric name' if not metric else 'no tolerance'}; "
+                             f"write METRIC=abs:X, METRIC=rel:X or METRIC=ci, e.g. --tol rmse=rel:0.05.")
+        try:
+            parse_tol(spec)
+        except BenchError as exc:
+            raise BenchError(f"--tol {t!r}: {exc}") from None
         tols[metric] = spec
-    parse_tol(args.default_tol)
-    table, md = compare(load_rows(args.baseline, args.results), load_rows(args.current, args.results),
-                        tols, args.default_tol)
+    try:
+        parse_tol(args.default_tol)
+    except BenchError as exc:
+        raise BenchError(f"--default-tol {args.default_tol!r}: {exc}") from None
+    table, md = compare(load_rows(args.baseline, args.results, "baseline"),
+                        load_rows(args.current, args.results, "current"), tols, args.default_tol)
     print(md)
     return 1 if table["regressed"].any() else 0
 
@@ -130,8 +193,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(args)
 
 
+class BenchParser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one 'error: ...' paragraph on stderr, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}. Fix: see '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="Benchmark harness for diffusion models.")
+    p = BenchParser(prog="bench", description="Benchmark harness for diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a suite (computes only missing cells)")
@@ -198,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (printed by BenchParser.error) or --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         return int(args.func(args))
     except BenchError as exc:

@@ -53,6 +53,25 @@ def _metrics(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _is_refstats_id(spec: str, root: Any) -> bool:
+    from bench.metrics import refstats
+
+    try:
+        return refstats.ref_path(spec, root).is_file()
+    except (BenchError, OSError, ValueError):  # not of the form of an id
+        return False
+
+
+def _open_generated(spec: str) -> Any:
+    """The generated side as a data set; errors name the argument."""
+    from bench.data import open_dataset
+
+    try:
+        return open_dataset(spec)
+    except BenchError as exc:
+        raise BenchError(f"GENERATED (first argument): {exc}") from None
+
+
 def _feed(spec: str, metrics: dict[str, Any], args: argparse.Namespace) -> tuple[int, str, dict]:
     """Feed the generated side to every metric's own update: images of any data set, or the
     stored features / moments of a refstats id. Returns (n, name, extractor description)."""
@@ -63,7 +82,7 @@ def _feed(spec: str, metrics: dict[str, Any], args: argparse.Namespace) -> tuple
     from bench.metrics import refstats
 
     root = args.refstats_dir
-    if refstats.ref_path(spec, root).is_file():
+    if _is_refstats_id(spec, root):
         if "isc" in metrics:
             raise BenchError(f"'{spec}' is a refstats id: it holds features, not the logits the "
                              f"Inception Score needs; give the images instead.")
@@ -79,7 +98,7 @@ def _feed(spec: str, metrics: dict[str, Any], args: argparse.Namespace) -> tuple
             else:
                 ref.require_features("kid/prc/dc")
         return ref.n, spec, ref.meta.get("extractor", {})
-    ds = open_dataset(spec)
+    ds = _open_generated(spec)
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
     from tqdm.auto import tqdm
 
@@ -103,6 +122,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
     if bad or not metrics:
         raise BenchError(f"--metrics: unknown {bad or metrics}; use a comma list of "
                          f"{', '.join(known)}.")
+    if not _is_refstats_id(args.generated, args.refstats_dir):
+        _open_generated(args.generated)  # a missing or empty set fails before the reference is built
     t0 = time.perf_counter()
     objs = _metrics(metrics, args)
     ext = next(iter(objs.values())).extractor
@@ -167,8 +188,11 @@ def cmd_refstats(args: argparse.Namespace) -> int:
         if not args.dataset:
             raise BenchError("refstats build: give --dataset (a name such as fmnist-test, an image "
                              "folder, or a .npz image array).")
+        try:
+            ds = open_dataset(args.dataset)
+        except BenchError as exc:
+            raise BenchError(f"--dataset: {exc}") from None
         ext = _extractor(args)
-        ds = open_dataset(args.dataset)
         t0 = time.perf_counter()
         ref, built = refstats.build(ds, ext, limit=args.limit, keep_features=not args.no_features,
                                     root=args.refstats_dir, batch_size=args.batch_size,

@@ -16,18 +16,27 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.metrics.base import find_output
-from bench.report import latest_rows
+from bench.report import COMPARE_COLUMNS, latest_rows, read_rows
 from bench.report.tables import fmt, markdown_table
 from bench.store import ROW_KEY as KEY
 
 
-def load_rows(spec: str, results: str | Path = "results") -> pd.DataFrame:
-    """A Parquet file or folder (newest row of each cell), or a run id (or 'latest')."""
+def load_rows(spec: str, results: str | Path = "results", what: str = "result set") -> pd.DataFrame:
+    """A Parquet file or folder (newest row of each cell), or a run id (or 'latest') in
+    ``results``. ``what`` names the argument (baseline, current) in error messages."""
+    from bench.store import RUN_ID_RE, ResultStore
+
     p = Path(spec)
     if p.exists():
-        return latest_rows(pd.read_parquet(p))
-    from bench.store import ResultStore
-
+        return latest_rows(read_rows(p, what, COMPARE_COLUMNS))
+    if spec != "latest" and not RUN_ID_RE.match(str(spec)):
+        raise BenchError(f"{what} '{spec}' does not exist as a file or folder, and there is no "
+                         f"run '{spec}' in --results '{results}' (run ids look like "
+                         f"YYYYMMDD-HHMMSS-xxxxxx, or 'latest'); give a Parquet file or results "
+                         f"folder, or a run id of --results.")
+    if not Path(results).is_dir():
+        raise BenchError(f"{what} '{spec}' is a run id, but --results '{results}' is not a "
+                         f"folder; pass --results DIR, the folder 'bench run' wrote.")
     store = ResultStore(results)
     manifest = store.read_run(spec)
     groups = sorted({c["cell_key"] for c in manifest["shards"]})
@@ -36,19 +45,26 @@ def load_rows(spec: str, results: str | Path = "results") -> pd.DataFrame:
     if missing:
         raise BenchError(f"run {spec} is incomplete: {len(missing)} of {len(files)} cells have no "
                          f"result rows; rerun it ('bench run') before comparing.")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if not files:
+        raise BenchError(f"{what}: run {spec} has no cells; compare runs that computed results.")
+    return pd.concat([read_rows(f, f"{what} (run {spec})", COMPARE_COLUMNS) for f in files],
+                     ignore_index=True)
 
 
 def parse_tol(spec: str) -> tuple[str, float]:
-    kind, _, val = spec.partition(":")
+    """``abs:X`` / ``rel:X`` (X a finite number >= 0) or ``ci``."""
+    kind, _, val = str(spec).partition(":")
     if kind == "ci" and not val:
         return "ci", 0.0
-    try:
-        if kind in ("abs", "rel"):
-            return kind, float(val)
-    except ValueError:
-        pass
-    raise BenchError(f"tolerance {spec!r} is not abs:X, rel:X or ci; e.g. --tol rmse=rel:0.05.")
+    if kind in ("abs", "rel"):
+        try:
+            x = float(val)
+        except ValueError:
+            x = float("nan")
+        if math.isfinite(x) and x >= 0:
+            return kind, x
+    raise BenchError(f"tolerance {spec!r} is not abs:X, rel:X or ci (X a number >= 0); "
+                     f"e.g. --tol rmse=rel:0.05.")
 
 
 def direction(metric: str) -> int:
@@ -84,7 +100,11 @@ def compare(base: pd.DataFrame, cur: pd.DataFrame, tols: dict[str, str],
             worse = direction(r["metric"]) * diff > 0 or (direction(r["metric"]) == 0 and diff != 0)
             regressed = bool(beyond and worse)
             status = "REGRESSION" if regressed else ("improved" if beyond else "ok")
-            if not math.isfinite(c):  # NaN / inf is never a pass, not even against NaN
+            outcome = getattr(find_output(str(r["metric"])), "nan_means", "")
+            if math.isnan(c) and outcome:  # a declared outcome (e.g. target not reached)
+                regressed = not math.isnan(b)
+                status = f"REGRESSION ({outcome})" if regressed else f"ok ({outcome})"
+            elif not math.isfinite(c):  # NaN / inf is never a pass, not even against NaN
                 regressed, status = True, "NON-FINITE"
         tol_txt = f"{kind}:{x:g}" if kind != "ci" else "ci"
         out.append({**{k: r[k] for k in KEY}, "baseline": r["value_base"], "current": r["value_cur"],

@@ -9,7 +9,9 @@ Parquet rows (and a per-sample table) by the driver.
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -24,7 +26,8 @@ from bench.errors import BenchError
 from bench.provenance import environment
 from bench.registry import EVALS
 from bench.samplers.schedules import make_grid  # noqa: F401  (keeps grids registered)
-from bench.store import SAMPLE_COLUMNS, ResultStore
+from bench.integrity import CorruptFile, quarantine
+from bench.store import SAMPLE_COLUMNS, ResultStore, holder_alive, pid_alive
 from bench.suite import Shard, Suite, code_hash, plan
 from bench.worker import ShardRunner
 
@@ -36,6 +39,28 @@ SLURM_KEYS = {"partition": "slurm_partition", "account": "slurm_account", "qos":
               "additional_parameters": "slurm_additional_parameters"}
 
 
+def check_executor(source: str, params: dict[str, Any], chosen: str | None) -> None:
+    """The executor and its parameters (the suite's ``executor:`` block), checked before the run
+    prints anything or writes a file; the dispatcher would only find them at submission."""
+    from bench.errors import SuiteError, close_matches
+
+    name = chosen or params.get("name") or "debug"
+    if name not in EXECUTORS:
+        raise SuiteError(source, "executor.name", f"unknown executor {name!r}."
+                         f"{close_matches(name, EXECUTORS)}", f"use one of: {', '.join(EXECUTORS)}.")
+    for k, lo in (("jobs", 1), ("timeout_min", 1), ("cpus_per_task", 1), ("gpus_per_node", 0)):
+        v = params.get(k)  # (executor.mem_gb is checked by bench.budget)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise SuiteError(source, f"executor.{k}", f"must be a whole number >= {lo}, got "
+                             f"{v!r}.", f"write e.g. '{k}: 4', or drop it.")
+    if name == "slurm":
+        unknown = sorted(set(params) - set(SLURM_KEYS) - {"name", "jobs"})
+        if unknown:
+            raise SuiteError(source, f"executor.{unknown[0]}", "is not a slurm executor "
+                             f"parameter.{close_matches(unknown[0], SLURM_KEYS)}",
+                             f"use: {', '.join(sorted(SLURM_KEYS))}, jobs.")
+
+
 @dataclass
 class RunSummary:
     run_id: str
@@ -43,12 +68,15 @@ class RunSummary:
     computed: int = 0
     cached: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    waited: int = 0  # shards another live run was computing: waited for, not recomputed
     finalized: int = 0
+    nonfinite: list[str] = field(default_factory=list)  # rows written with a NaN / inf value
     wall_s: float = 0.0
 
     def line(self) -> str:
+        held = f", {self.waited} computed by another run" if self.waited else ""
         return (f"run {self.run_id}: {self.cells} shard(s): {self.computed} computed, "
-                f"{self.cached} already done, {len(self.failed)} failed; "
+                f"{self.cached} already done{held}, {len(self.failed)} failed; "
                 f"{self.finalized} cell(s) written in {self.wall_s:.1f} s")
 
 
@@ -165,61 +193,88 @@ def run_suite(suite: Suite, results: str | Path, executor: str | None = None,
     store = ResultStore(results)
     run_id = new_run_id()
     summary = RunSummary(run_id, len(cells))
-    pending = [c for c in cells if not store.has_shard(c.key)]
+    pending = [c for c in cells if not store.has_shard(c.key)]  # corrupt shards are moved aside
     summary.cached = len(cells) - len(pending)
     manifest: dict[str, Any] = {
         "run_id": run_id, "suite": suite.name, "source": suite.source, "executor": name,
         "executor_params": params, "status": "running",
+        "controller": {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()},
         "report": suite["report"],
         "jobs_folder": str((store.jobs / run_id).resolve()), "jobs": [],
         "shards": [{"key": c.key, "cell_key": c.cell_key, "shard": c.label()} for c in cells]}
-    if pending:
-        chunks = pack(pending, _job_count(name, params, jobs, len(pending)))
-        threads = params.get("cpus_per_task") or (
-            max(1, (os.cpu_count() or 1) // len(chunks)) if name == "local" else None)
-        ex = make_executor(name, store.jobs / run_id, {k: v for k, v in params.items() if k != "jobs"})
-        root = str(Path(results).resolve())
-        submitted = ex.map_array(ShardRunner(), chunks, [root] * len(chunks), [threads] * len(chunks))
-        manifest["jobs"] = [{"job_id": str(j.job_id), "keys": [c.key for c in chunk]}
-                            for j, chunk in zip(submitted, chunks)]
-        store.write_run(run_id, manifest)  # now `bench status` / `bench cancel` can find the jobs
-        try:
-            statuses = _wait(submitted, chunks, store, debug=name == "debug")
-        except KeyboardInterrupt:
-            store.write_run(run_id, {**manifest, "status": "interrupted"})
-            raise
-        summary.computed = sum(1 for s in statuses if s["status"] == "done" and not s.get("cached"))
-        summary.failed = [s for s in statuses if s["status"] == "failed"]
-    summary.finalized = finalize(suite, cells, store, run_id, name)
+    store.write_run(run_id, manifest)
+    while pending:
+        held = {c.key: h for c in pending if (h := store.read_running(c.key)) and holder_alive(h)}
+        mine = [c for c in pending if c.key not in held]
+        if mine:
+            chunks = pack(mine, _job_count(name, params, jobs, len(mine)))
+            threads = params.get("cpus_per_task") or (
+                max(1, (os.cpu_count() or 1) // len(chunks)) if name == "local" else None)
+            ex = make_executor(name, store.jobs / run_id,
+                               {k: v for k, v in params.items() if k != "jobs"})
+            root = str(Path(results).resolve())
+            submitted = ex.map_array(ShardRunner(), chunks, [root] * len(chunks), [threads] * len(chunks))
+            manifest["jobs"] += [{"job_id": str(j.job_id), "keys": [c.key for c in chunk]}
+                                 for j, chunk in zip(submitted, chunks)]
+            store.write_run(run_id, manifest)  # now `bench status` / `bench cancel` find the jobs
+            try:
+                statuses = _wait(submitted, chunks, store, debug=name == "debug")
+            except KeyboardInterrupt:
+                store.write_run(run_id, {**manifest, "status": "interrupted"})
+                raise
+            summary.computed += sum(1 for s in statuses if s["status"] == "done" and not s.get("cached"))
+            # stored by another run between this run's check and its job reaching the shard
+            summary.waited += sum(1 for s in statuses if s["status"] == "done" and s.get("cached"))
+            summary.failed += [s for s in statuses if s["status"] == "failed"]
+            failed = {s["key"] for s in statuses if s["status"] == "failed"}
+            held.update({s["key"]: s["holder"] for s in statuses if s["status"] == "held"})
+        else:
+            failed = set()
+        waiting = [c for c in pending if c.key in held and c.key not in failed]
+        if waiting:
+            summary.waited += len(waiting)
+            _wait_for_holders(waiting, store)
+        # what the holders did not finish (they died) is computed in the next round
+        pending = [c for c in waiting if not store.has_shard(c.key) and not store.read_failure(c.key)]
+    summary.finalized, summary.nonfinite = finalize(suite, cells, store, run_id, name)
     summary.wall_s = time.perf_counter() - t0
     store.write_run(run_id, {**manifest, "status": "finished", "summary": summary.__dict__})
     return summary
 
 
-# ------------------------------------------------------------------------ status / cancel
-def _alive(pid: int) -> bool:
+def _wait_for_holders(shards: list[Shard], store: ResultStore) -> None:
+    """Wait while other live runs compute these shards (until each is stored or its holder is
+    gone), with a progress bar."""
+    bar = tqdm(total=len(shards), desc="shards held by another run", unit="shard", disable=None)
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        while True:
+            left = [c for c in shards if not store.has_shard(c.key) and not store.read_failure(c.key)]
+            bar.update(len(shards) - len(left) - bar.n)
+            live = [c for c in left if (h := store.read_running(c.key)) and holder_alive(h)]
+            if not live:
+                return
+            time.sleep(1.0)
+    finally:
+        bar.close()
 
 
+# ------------------------------------------------------------------------ status / cancel
 def shard_states(store: ResultStore, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """pending / running / done / failed for each shard of a run, with reasons."""
-    import socket
-
-    host = socket.gethostname()
+    """pending / running / done / failed / corrupt for each shard of a run, with reasons
+    (read-only: nothing is moved)."""
     out = []
     for c in manifest["shards"]:
         row = {"shard": c["shard"], "key": c["key"], "state": "pending", "reason": ""}
+        problem = store.shard_problem(c["key"])
         failure = store.read_failure(c["key"])
         running = store.read_running(c["key"])
-        if store.has_shard(c["key"]):
+        if problem is None:
             row["state"] = "done"
-        elif running and (running.get("host") != host or _alive(int(running.get("pid", 0)))):
+        elif problem != "missing":
+            row["state"] = "corrupt"
+            row["reason"] = (f"'{store.shard_path(c['key'])}': {problem}; the next run moves it "
+                             f"aside and recomputes it")
+        elif running and holder_alive(running):
             row["state"] = "running"
             where = f"slurm job {running['slurm_job_id']}" if running.get("slurm_job_id") else \
                 f"pid {running.get('pid')}"
@@ -233,10 +288,30 @@ def shard_states(store: ResultStore, manifest: dict[str, Any]) -> list[dict[str,
             row["state"] = "failed"
             row["reason"] = failure.get("error", "")
             row["traceback"] = failure.get("traceback", "")
+        elif running:
+            row["reason"] = (f"its job (pid {running.get('pid')} on {running.get('host')}) is gone; "
+                             f"rerun to compute it")
         elif store.read_partial(c["key"]):
             row["reason"] = f"interrupted at sample {store.read_partial(c['key'])[0]}; rerun resumes"
         out.append(row)
     return out
+
+
+def run_liveness(manifest: dict[str, Any], states: list[dict[str, Any]]) -> str:
+    """'' for a finished run; else whether its controller (the `bench run` process) still runs:
+    a run marked running whose controller is gone is stale, whatever its workers still do."""
+    if manifest.get("status") != "running":
+        return ""
+    ctl = manifest.get("controller") or {}
+    running = sum(1 for r in states if r["state"] == "running")
+    if ctl.get("host") != socket.gethostname():
+        return (f"controller on {ctl.get('host', '?')} (pid {ctl.get('pid', '?')}): cannot be checked "
+                f"from this host")
+    if pid_alive(int(ctl.get("pid", 0))):
+        return f"controller pid {ctl['pid']} is running"
+    return (f"STALE: its controller (pid {ctl.get('pid')} on {ctl.get('host')}) is gone; "
+            f"{running} shard(s) are still being computed by its jobs. Rerun the suite to finish "
+            f"it: finished shards are kept and shards its live jobs hold are waited for, not redone")
 
 
 def is_local_job_of(pid: int, jobs_folder: Path) -> bool:
@@ -267,7 +342,7 @@ def cancel_run(store: ResultStore, manifest: dict[str, Any]) -> list[str]:
             subprocess.run(["scancel", jid], check=False)  # an array task id (123_4) or a job id
             done.append(f"slurm job {jid}")
         elif name == "local":
-            if _alive(int(jid)) and is_local_job_of(int(jid), store.jobs / manifest["run_id"]):
+            if pid_alive(int(jid)) and is_local_job_of(int(jid), store.jobs / manifest["run_id"]):
                 # as submitit's LocalJob.cancel: SIGINT makes the controller kill its tasks
                 # (a task ignores SIGTERM: submitit bypasses it, as Slurm sends it before USR2)
                 os.kill(int(jid), signal.SIGINT)
@@ -279,22 +354,35 @@ def cancel_run(store: ResultStore, manifest: dict[str, Any]) -> list[str]:
     return done
 
 
-def finalize(suite: Suite, shards: list[Shard], store: ResultStore, run_id: str, executor: str) -> int:
+def finalize(suite: Suite, shards: list[Shard], store: ResultStore, run_id: str, executor: str
+             ) -> tuple[int, list[str]]:
     """Write the rows and per-sample table of every cell whose shards are all done and whose
-    rows are not yet written."""
+    rows are not yet written; return how many cells were written and a line for each row
+    written with a non-finite value."""
     cells: dict[str, list[Shard]] = defaultdict(list)
     for c in shards:
         cells[c.cell_key].append(c)
     env = None
     written = 0
+    nonfinite: list[str] = []
     for cell_key, members in cells.items():
-        if store.has_rows(suite.name, cell_key) or not all(store.has_shard(c.key) for c in members):
+        if store.has_rows(suite.name, cell_key):
+            try:
+                nonfinite += nonfinite_rows(store.read_rows(suite.name, cell_key))
+            except CorruptFile:
+                pass  # changed since it was checked: the next run rewrites it
+            continue
+        if not all(store.has_shard(c.key) for c in members):
             continue
         env = env or environment()
         members = sorted(members, key=lambda c: c.start)
         c0 = members[0]
         ev = EVALS.get(c0.eval["name"])(**c0.eval["params"])
-        results = [store.read_shard(c.key) for c in members]
+        try:
+            results = [store.read_shard(c.key) for c in members]
+        except CorruptFile as exc:  # changed since it was checked: the next run recomputes it
+            quarantine(exc.path, store.root, exc.reason)
+            continue
         base = {
             "run_id": run_id, "suite": suite.name, "model": c0.model["label"],
             "model_name": c0.model["name"], "model_params": json.dumps(c0.model["params"], sort_keys=True),
@@ -318,4 +406,22 @@ def finalize(suite: Suite, shards: list[Shard], store: ResultStore, run_id: str,
             samples = samples[order]
         store.write_rows(suite.name, cell_key, rows, samples)
         written += 1
-    return written
+        nonfinite += nonfinite_rows(rows)
+    return written, nonfinite
+
+
+def nonfinite_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """A line for each row whose value is NaN, inf or missing (a NaN that the row's declared
+    output says is an outcome, e.g. a target not reached, excepted)."""
+    from bench.metrics.base import find_output
+
+    out = []
+    for r in rows:
+        v = r.get("value")
+        if v is not None and math.isnan(float(v)) and getattr(find_output(r["metric"]), "nan_means", ""):
+            continue
+        if v is None or not math.isfinite(float(v)):
+            out.append(f"{r['model']}/{r['sampler']}/nfe={r['nfe']}/{r['eval']} {r['metric']} "
+                       f"({r['slice']}) = {v} ({r.get('n_nonfinite') or 0} of "
+                       f"{r.get('n_samples')} samples non-finite)")
+    return out

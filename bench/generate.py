@@ -171,3 +171,34 @@ def decode_finite(adapter: Any, samples: Tensor, finite: np.ndarray) -> Tensor:
     images = torch.zeros((len(samples), *good.shape[1:]), dtype=torch.uint8, device=good.device)
     images[keep.to(good.device)] = good
     return images
+
+
+class _DryRunStop(Exception):
+    """Raised by the stand-in network of ``start_sampler`` at the sampler's first use of it."""
+
+
+class _StandInModel:
+    """A denoiser with a schedule that stops the dry run at any other use."""
+
+    def __init__(self, schedule: Any) -> None:
+        self.schedule = schedule
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _DryRunStop
+
+    def __getattr__(self, name: str) -> Any:  # only for attributes other than schedule
+        raise _DryRunStop
+
+
+def start_sampler(adapter: Any, schedule: Any, name: str, params: dict[str, Any], sigmas: Tensor,
+                  seed: int) -> None:
+    """Start sampler ``name`` on a one-sample batch of ``adapter``'s shape with a stand-in network
+    that stops it at its first use: whatever the sampler raises before that (a parameter value
+    it refuses) is raised here, without loading or running the model (``bench plan``)."""
+    x = torch.zeros((1, *adapter.sample_shape()), dtype=adapter.dtype) * sigmas[0].to(adapter.dtype)
+    noise = NoiseSource(seed, [0], "cpu", adapter.dtype)
+    try:
+        with torch.no_grad():
+            SAMPLERS.get(name)(_StandInModel(schedule), x, sigmas, cond=None, noise=noise, **params)
+    except _DryRunStop:
+        pass

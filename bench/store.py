@@ -13,9 +13,12 @@ pyarrow skips names starting with ``_`` or ``.``)::
     DIR/_cache/                    content-keyed caches (e.g. oracle ground truth)
     DIR/_gallery/                  decoded images of the first samples of cells (``gallery: N``)
     DIR/_jobs/                     submitit job folders and logs
+    DIR/_corrupt/                  files that failed their check, moved aside (``bench.integrity``)
 
 Every file is written to a dot-prefixed temporary name in its final folder and renamed into
-place, so a killed writer never leaves a partial file that a reader picks up.
+place, so a killed writer never leaves a partial file that a reader picks up. Shards, partial
+states and result tables carry a content digest verified on read: a corrupt one is moved to
+``_corrupt/`` with a warning naming it, and the next run recomputes it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+
+from bench.integrity import CorruptFile, checked, load_npz, npz_ok, quarantine, read_table, \
+    save_npz, table_ok, write_table
 
 #: The one schema of aggregate result rows: every result file has exactly these columns, so a
 #: folder shared by suites and evals reads back as one table (``pandas.read_parquet(DIR)``).
@@ -68,6 +75,42 @@ SAMPLE_COLUMNS = ["suite", "model", "sampler", "nfe", "eval", "config_hash", "ru
 #: crafted manifest cannot make a command touch paths outside the results folder
 KEY_RE = re.compile(r"^[0-9a-f]{20}$")
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+
+
+#: a running marker on another host whose heartbeat is older than this is stale (seconds); the
+#: worker rewrites its markers every HEARTBEAT_S
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+
+
+def holder_alive(marker: dict[str, Any]) -> bool:
+    """Whether the process a running marker names may still be computing: on this host, its pid
+    is alive (and is not this process); elsewhere, its heartbeat is recent."""
+    import socket
+
+    try:
+        pid = int(marker.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if job and str(marker.get("slurm_job_id", "")) == job:
+        return False  # this job's own earlier attempt (requeued after preemption)
+    if marker.get("host") == socket.gethostname():
+        return pid > 0 and pid != os.getpid() and pid_alive(pid)
+    try:
+        return time.time() - float(marker.get("beat", 0)) < STALE_S
+    except (TypeError, ValueError):
+        return False
 
 
 def check_key(key: Any) -> str:
@@ -142,21 +185,28 @@ class ResultStore:
         return self.shards / f"{check_key(key)}.npz"
 
     def has_shard(self, key: str) -> bool:
-        return self.shard_path(key).is_file()
+        """The shard is stored and verifies; a corrupt one is moved aside (and so recomputed)."""
+        return checked(self.shard_path(key), self.root, npz_ok)
+
+    def shard_problem(self, key: str) -> str | None:
+        """None if the shard is stored and verifies, else why not (nothing is moved)."""
+        try:
+            npz_ok(self.shard_path(key))
+            return None if self.shard_path(key).is_file() else "missing"
+        except CorruptFile as exc:
+            return exc.reason
+        except FileNotFoundError:
+            return "missing"
 
     def write_shard(self, key: str, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **state, __meta__=np.array(json.dumps(meta)))
-
-        atomic_write(self.shard_path(key), write)
+        save_npz(self.shard_path(key), {**state, "__meta__": np.array(json.dumps(meta))})
         for p in (self.failure_path(key), self.partial_path(key), self.running_path(key)):
             p.unlink(missing_ok=True)
 
     def read_shard(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        with np.load(self.shard_path(key), allow_pickle=False) as z:
-            state = {k: z[k] for k in z.files if k != "__meta__"}
-            meta = json.loads(str(z["__meta__"]))
+        """State and meta of a stored shard; CorruptFile if it does not verify."""
+        state = load_npz(self.shard_path(key))
+        meta = json.loads(str(state.pop("__meta__")))
         return state, meta
 
     # ------------------------------------------------------------------ partial progress
@@ -165,19 +215,23 @@ class ResultStore:
 
     def write_partial(self, key: str, next_index: int, state: dict[str, np.ndarray],
                       meta: dict[str, Any]) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **state, __meta__=np.array(json.dumps({**meta, "next_index": next_index})))
-
-        atomic_write(self.partial_path(key), write)
+        save_npz(self.partial_path(key),
+                 {**state, "__meta__": np.array(json.dumps({**meta, "next_index": next_index}))})
 
     def read_partial(self, key: str) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
+        """(next sample index, state, meta) of an interrupted shard; None if there is none or it
+        is corrupt (moved aside: the shard restarts from its first sample)."""
         p = self.partial_path(key)
         if not p.is_file():
             return None
-        with np.load(p, allow_pickle=False) as z:
-            state = {k: z[k] for k in z.files if k != "__meta__"}
-            meta = json.loads(str(z["__meta__"]))
+        try:
+            state = load_npz(p)
+        except CorruptFile as exc:
+            quarantine(p, self.root, exc.reason)
+            return None
+        except FileNotFoundError:
+            return None
+        meta = json.loads(str(state.pop("__meta__")))
         return int(meta.pop("next_index")), state, meta
 
     # ------------------------------------------------------------------- running markers
@@ -185,7 +239,26 @@ class ResultStore:
         return self.root / "_running" / f"{check_key(key)}.json"
 
     def mark_running(self, key: str, info: dict[str, Any]) -> None:
-        atomic_write(self.running_path(key), lambda tmp: tmp.write_text(json.dumps(info)))
+        atomic_write(self.running_path(key),
+                     lambda tmp: tmp.write_text(json.dumps({**info, "beat": time.time()})))
+
+    def claim(self, key: str, info: dict[str, Any]) -> dict[str, Any] | None:
+        """Mark the shard as being computed by this process, unless another live process holds
+        it: then return that holder's marker and write nothing. A marker whose holder is gone
+        (killed process, stopped heartbeat) is taken over."""
+        path = self.running_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # exclusive create: of two claimers started together, one wins
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({**info, "beat": time.time()}))
+            return None
+        except FileExistsError:
+            holder = self.read_running(key)
+            if holder is not None and holder_alive(holder):
+                return holder
+        self.mark_running(key, info)
+        return None
 
     def read_running(self, key: str) -> dict[str, Any] | None:
         p = self.running_path(key)
@@ -204,7 +277,14 @@ class ResultStore:
 
     def read_failure(self, key: str) -> dict[str, Any] | None:
         p = self.failure_path(key)
-        return json.loads(p.read_text()) if p.is_file() else None
+        try:
+            info = json.loads(p.read_text()) if p.is_file() else None
+        except (OSError, ValueError):
+            info = None
+        if p.is_file() and not isinstance(info, dict):
+            quarantine(p, self.root, "not a JSON failure record")
+            return None
+        return info
 
     # ---------------------------------------------------------------------------- rows
     def rows_path(self, suite: str, cell_key: str) -> Path:
@@ -214,42 +294,65 @@ class ResultStore:
         return self.root / "_samples" / suite / f"{cell_key}.parquet"
 
     def has_rows(self, suite: str, cell_key: str) -> bool:
-        return self.rows_path(suite, cell_key).is_file()
+        """The cell's rows (and its per-sample table, if any) are stored and verify; if either
+        is corrupt, both are moved aside, so the cell is written again."""
+        rows, samples = self.rows_path(suite, cell_key), self.samples_path(suite, cell_key)
+        ok = checked(rows, self.root, lambda p: table_ok(p, ROW_SCHEMA))
+        if not ok or not samples.is_file():
+            return ok
+        if checked(samples, self.root, table_ok):
+            return True
+        quarantine(rows, self.root, f"its per-sample table '{samples}' is corrupt")
+        return False
+
+    def read_rows(self, suite: str, cell_key: str) -> list[dict[str, Any]]:
+        return read_table(self.rows_path(suite, cell_key), ROW_SCHEMA).to_pylist()
 
     def write_rows(self, suite: str, cell_key: str, rows: list[dict[str, Any]],
                    samples: Any = None) -> None:
         """The cell's aggregate rows (ROW_SCHEMA) and its per-sample table; the rows file is
         written last, so its presence means both are complete."""
-        import pyarrow.parquet as pq
-
         if samples is not None:
-            atomic_write(self.samples_path(suite, cell_key),
-                         lambda tmp: samples.to_parquet(tmp, index=False))
-        table = rows_table(rows)
-        atomic_write(self.rows_path(suite, cell_key), lambda tmp: pq.write_table(table, tmp))
+            write_table(self.samples_path(suite, cell_key),
+                        pa.Table.from_pandas(samples, preserve_index=False))
+        write_table(self.rows_path(suite, cell_key), rows_table(rows))
 
     # ---------------------------------------------------------------------------- runs
     def run_path(self, run_id: str) -> Path:
         return self.root / "_runs" / f"{check_run_id(run_id)}.json"
 
     def write_run(self, run_id: str, manifest: dict[str, Any]) -> None:
-        atomic_write(self.run_path(run_id),
-                     lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, default=str)))
+        """The manifest with a digest of its content (``manifest_digest``), checked on read."""
+        m = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "digest"}, default=str))
+        atomic_write(self.run_path(run_id), lambda tmp: tmp.write_text(
+            json.dumps({**m, "digest": manifest_digest(m)}, indent=1)))
 
     def read_run(self, run_id: str) -> dict[str, Any]:
-        """A run manifest by id; 'latest' means the newest run in this folder."""
-        runs = sorted((self.root / "_runs").glob("*.json")) if (self.root / "_runs").is_dir() else []
-        if run_id == "latest" and runs:
-            return self._checked_manifest(runs[-1])
-        if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or not self.run_path(run_id).is_file():
-            from bench.errors import BenchError
+        """A run manifest by id; 'latest' means the newest readable run in this folder (an
+        unreadable manifest is moved aside with a warning)."""
+        from bench.errors import BenchError
 
+        folder = self.root / "_runs"
+        runs = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        if run_id == "latest":
+            for p in reversed(runs):
+                try:
+                    return self._checked_manifest(p)
+                except CorruptFile as exc:
+                    quarantine(p, self.root, exc.reason)
+        if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or not self.run_path(run_id).is_file():
             known = ", ".join(r.stem for r in runs[-5:]) or "none"
             raise BenchError(f"no run {run_id!r} in '{self.root}' (run ids are of the form "
                              f"YYYYMMDD-HHMMSS-xxxxxx; recent runs: {known}); pass a run id from "
                              "'bench run' output, or 'latest'.")
         p = self.run_path(run_id)
-        return self._checked_manifest(p)
+        try:
+            return self._checked_manifest(p)
+        except CorruptFile as exc:
+            moved = quarantine(p, self.root, exc.reason)
+            raise BenchError(f"run manifest '{p}' is corrupt ({exc.reason}); it was moved to "
+                             f"'{moved}'. Its results are not affected: rerun the suite to see "
+                             f"their state.") from None
 
     @staticmethod
     def _checked_manifest(path: Path) -> dict[str, Any]:
@@ -260,10 +363,11 @@ class ResultStore:
         try:
             m = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise BenchError(f"run manifest '{path}' cannot be read ({type(exc).__name__}); "
-                             f"remove it.") from None
+            raise CorruptFile(path, f"it is not JSON ({type(exc).__name__})") from None
         if not isinstance(m, dict) or m.get("run_id") != path.stem:
-            raise BenchError(f"run manifest '{path}' does not name its own run id; remove it.")
+            raise BenchError(f"run manifest '{path}' does not name its own run id; it was not "
+                             f"written by bench: remove it.")
+        stored = m.pop("digest", None)
         check_run_id(m["run_id"])
         for s in m.get("shards", []):
             check_key(s.get("key"))
@@ -273,7 +377,15 @@ class ResultStore:
             if not re.match(r"^([0-9]+(_[0-9]+)?|DEBUG_[0-9]+)$", str(job.get("job_id", ""))):
                 raise BenchError(f"run manifest '{path}': job id {job.get('job_id')!r} is not a "
                                  f"Slurm job id, process id or debug job id; remove the manifest.")
+        if stored is not None and stored != manifest_digest(m):  # none: written before digests
+            raise CorruptFile(path, "its content does not match its digest (changed since written)")
         return m
+
+
+def manifest_digest(m: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
 
 
 def read_samples(root: str | Path, suite: str | None = None) -> Any:
@@ -283,6 +395,14 @@ def read_samples(root: str | Path, suite: str | None = None) -> Any:
 
     folder = Path(root) / "_samples" / (suite or "")
     files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
-    if not files:
+    tables = []
+    for f in files:
+        try:
+            tables.append(read_table(f).to_pandas())
+        except CorruptFile as exc:  # reported, left in place: `bench run` moves it and rewrites it
+            import sys
+
+            print(f"warning: skipped {exc}", file=sys.stderr)
+    if not tables:
         return pd.DataFrame(columns=SAMPLE_COLUMNS)
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat(tables, ignore_index=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from bench.budget import MAX_NFE, MAX_SEED
 from bench.conditions import Conditions, check_block
 from bench.conditions import resolve as resolve_conditions
 from bench.errors import BenchError, FieldError, SuiteError, close_matches
@@ -83,12 +84,27 @@ def safe_load(text: str) -> Any:
 
 
 def _read_yaml(path: Path, origin: str) -> dict[str, Any]:
+    if path.is_dir():
+        raise SuiteError(str(path), "(file)", "is a folder, not a suite file.",
+                         f"give a suite YAML file, e.g. '{path / 'NAME.yaml'}' or one of suites/.")
     if not path.is_file():
         raise SuiteError(origin, "include" if origin != str(path) else "(file)",
                          f"file '{path}' does not exist.", "check the path (relative paths in "
                          "include: are resolved from the including file).")
     try:
-        data = safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise SuiteError(str(path), "(file)", f"cannot be read ({exc.strerror or exc}).",
+                         "check the file's permissions.") from None
+    except UnicodeDecodeError:
+        raise SuiteError(str(path), "(file)", "is not UTF-8 text.",
+                         "save the suite as UTF-8.") from None
+    if not text.strip():
+        raise SuiteError(str(path), "(file)", "is empty.",
+                         "write the suite's fields, at least name, models, samplers and evals "
+                         "(see suites/ for examples).")
+    try:
+        data = safe_load(text)
     except UnicodeDecodeError:
         raise SuiteError(str(path), "(file)", "is not UTF-8 text.",
                          "save the suite as UTF-8.") from None
@@ -113,11 +129,23 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+#: suite files one suite may read through ``include:`` (a file including the next one twice,
+#: 30 levels deep, would otherwise stand for 2^30 reads)
+MAX_INCLUDES = 50
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = (), _reads: list[int] | None = None
+             ) -> dict[str, Any]:
     """Read a suite file, resolving ``include:`` (a path or a list) recursively."""
     path = Path(path)
     if path.resolve() in _seen:
         raise SuiteError(str(path), "include", "includes itself (a cycle).", "remove the cycle.")
+    _reads = [0] if _reads is None else _reads
+    _reads[0] += 1
+    if _reads[0] > MAX_INCLUDES:
+        raise SuiteError(str(path), "include", f"the includes read more than {MAX_INCLUDES} suite "
+                         f"files (a file included many times over?).",
+                         "include each base file once, and keep include chains short.")
     data = _read_yaml(path, str(path))
     inc = data.pop("include", None)
     if inc is None:
@@ -128,24 +156,49 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
                          "write 'include: base.yaml'.")
     merged: dict[str, Any] = {}
     for i in incs:
-        merged = _merge(merged, load_raw(path.parent / i, _seen + (path.resolve(),)))
+        merged = _merge(merged, load_raw(path.parent / i, _seen + (path.resolve(),), _reads))
     return _merge(merged, data)
 
 
-def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (value parsed as YAML; list items by index)."""
+def apply_sets(data: dict[str, Any], sets: list[str], source: str = "the suite") -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML; list items by index), then
+    refuse a result that expands to more than 100,000 values: the loader bounds the number of
+    YAML aliases, but ten nested lists of ten aliases still stand for 10^10 values, which
+    validation, hashing or writing the run manifest would expand (deep copies keep aliases
+    shared, so nothing is expanded before this check)."""
+    max_values = 100_000
+
+    def check_size(tree: dict[str, Any]) -> None:
+        count, stack = 0, list(tree.items())
+        while stack:
+            where, node = stack.pop()
+            count += 1
+            if count > max_values:
+                raise SuiteError(source, str(where), f"expands to more than {max_values:,} values "
+                                 f"once its YAML aliases (*name) are followed.",
+                                 "write the values out, without nested aliases.")
+            if isinstance(node, dict):
+                stack.extend((where, v) for v in node.values())
+            elif isinstance(node, list):
+                stack.extend((where, v) for v in node)
+
     data = copy.deepcopy(data)
     for item in sets:
         if "=" not in item:
             raise SuiteError("--set", item, "is not of the form key=value.",
                              "write e.g. --set samples=128 or --set nfe=[5,10].")
         key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not key or any(not p.strip() for p in parts):
+            raise SuiteError("--set", key, f"in {item!r}: the key has an empty part.",
+                             "write dot-separated field names, e.g. --set models.0.params.cov=diag.")
+        parts = [p.strip() for p in parts]
         try:
             value = safe_load(raw)
         except yaml.YAMLError:
             value = raw
         node: Any = data
-        parts = key.strip().split(".")
         for j, part in enumerate(parts):
             last = j == len(parts) - 1
             if isinstance(node, list):
@@ -159,11 +212,21 @@ def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
                     node[idx] = value
                 else:
                     node = node[idx]
-            else:
+            elif isinstance(node, dict):
                 if last:
                     node[part] = value
                 else:
-                    node = node.setdefault(part, {})
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                parent = ".".join(parts[:j])
+                shown = repr(node) if len(repr(node)) <= 60 else repr(node)[:57] + "..."
+                raise SuiteError("--set", key, f"'{parent}' is {shown} "
+                                 f"({type(node).__name__}), which has no field '{part}'.",
+                                 f"set '{parent}' itself (e.g. --set {parent}=VALUE), or a "
+                                 f"field of a mapping or list.")
+    check_size(data)
     return data
 
 
@@ -181,18 +244,26 @@ class Suite:
     conditions: list[Conditions] = field(default_factory=list)
     sample_counts: list[int] = field(default_factory=list)
     eval_objects: list[Any] = field(default_factory=list)
+    #: set by plan(): what the suite computes and the largest job's memory (bench.budget)
+    budget: Any = None
+    #: (model, sampler, steps) already dry-run by plan() (bench run plans twice)
+    dry_run_done: set = field(default_factory=set)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
 
-def _check_int(src: str, field_: str, value: Any, minimum: int = 1) -> int:
+def _check_int(src: str, field_: str, value: Any, minimum: int = 1, maximum: int | None = None,
+               why: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SuiteError(src, field_, f"must be an integer, got {value!r} "
                          f"({type(value).__name__}).", f"write a whole number >= {minimum}.")
     if value < minimum:
         raise SuiteError(src, field_, f"must be >= {minimum}, got {value}.",
                          f"use a value >= {minimum}.")
+    if maximum is not None and value > maximum:
+        raise SuiteError(src, field_, f"must be <= {maximum}{why}, got {value}.",
+                         f"use a value in [{minimum}, {maximum}].")
     return value
 
 
@@ -258,24 +329,29 @@ def validate(data: dict[str, Any], source: str) -> Suite:
                              f"add '{k}:' ({TOP_LEVEL[k]}).")
     d = {**DEFAULTS, **data}
     name = d["name"]
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}", name):
         # ASCII only (report file names keep every character) and no leading '_' or '-'
         # (readers skip folders starting with '_': the rows would be invisible)
-        raise SuiteError(source, "name", f"must be ASCII letters, digits, '-' or '_', starting "
-                         f"with a letter or digit, got {name!r}.", "e.g. 'name: my-suite'.")
-    _check_int(source, "seed", d["seed"], 0)
+        raise SuiteError(source, "name", f"must be at most 100 ASCII letters, digits, '-' or '_', "
+                         f"starting with a letter or digit, got {name!r}.", "e.g. 'name: my-suite'.")
+    _check_int(source, "seed", d["seed"], 0, MAX_SEED, " (results store it as a 64-bit integer)")
     _check_int(source, "samples", d["samples"])
     _check_int(source, "batch_size", d["batch_size"])
     if d["shard_size"] is not None:
         _check_int(source, "shard_size", d["shard_size"])
-    if d["device"] not in ("cpu", "cuda", "auto") and not str(d["device"]).startswith("cuda:"):
-        raise SuiteError(source, "device", f"is {d['device']!r}.", "use cpu, cuda or auto.")
+    if d["device"] not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:[0-9]+", str(d["device"])):
+        raise SuiteError(source, "device", f"is {d['device']!r}.", "use cpu, cuda, cuda:N (a device index) or auto.")
     if d["nfe_rounding"] not in ("error", "down", "up"):
         raise SuiteError(source, "nfe_rounding", f"is {d['nfe_rounding']!r}.",
                          "use error (default), down or up.")
     for k in ("executor", "report"):
         if not isinstance(d[k], dict):
             raise SuiteError(source, k, f"must be a mapping, got {d[k]!r}.", f"write '{k}: {{}}'.")
+    for k, v in d["report"].items():
+        if k != "fit_min_nfe":
+            raise SuiteError(source, f"report.{k}", "is not a report option.",
+                             "use: fit_min_nfe (fit convergence slopes over NFE >= this).")
+        _check_int(source, "report.fit_min_nfe", v, 0)
     suite = Suite(name, source, d)
     suite.models = _entries(source, "models", d["models"], MODELS, ())
     suite.samplers = _entries(source, "samplers", d["samplers"], SAMPLERS, ("grid",))
@@ -294,7 +370,13 @@ def validate(data: dict[str, Any], source: str) -> Suite:
         raise SuiteError(source, "nfe", f"must be a list of integers, got {nfe!r}.",
                          "write e.g. 'nfe: [5, 10, 20]'.")
     for i, v in enumerate(nfe):
-        _check_int(source, f"nfe[{i}]", v)
+        _check_int(source, f"nfe[{i}]", v, 1, MAX_NFE, " (a grid of that many steps is built "
+                   "per sampler)")
+    for i, ev_obj in enumerate(suite.eval_objects):
+        nfe_max = getattr(ev_obj, "nfe_max", None)
+        if isinstance(nfe_max, int) and nfe_max > MAX_NFE:
+            raise SuiteError(source, f"evals[{i}].params.nfe_max", f"must be <= {MAX_NFE}, got "
+                             f"{nfe_max}.", f"use an nfe_max in [nfe_min, {MAX_NFE}].")
     d["nfe"] = nfe
     try:
         block = check_block(d["conditions"])
@@ -368,7 +450,7 @@ def _grid(src: str, where: str, sampler: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_suite(path: str | Path, sets: list[str] | None = None) -> Suite:
-    data = apply_sets(load_raw(path), sets or [])
+    data = apply_sets(load_raw(path), sets or [], str(path))
     return validate(data, str(path))
 
 
@@ -434,16 +516,19 @@ def model_hash(adapter: Any) -> str:
     return str(desc.get("weights_hash") or content_hash(desc))
 
 
-def plan(suite: Suite) -> list[Shard]:
-    """Cross the suite's lists into cells and split them into shards; NFEs a sampler cannot
-    reach raise or round. Loop evals get one shard per (model, sampler) over all samples."""
+Points = list[tuple[int, dict[str, Any], dict[str, Any], Any, list[tuple[int, int]]]]
+
+
+def plan_points(suite: Suite) -> Points:
+    """Per (sampler, eval): (sampler index, sampler, eval, eval object, [(nfe, steps), ...]).
+    NFEs a sampler cannot reach raise or round; a loop eval has one point, (nfe_max, the most
+    steps it probes). Cheap: nothing per sample or per shard."""
     from bench.samplers import sampler_info, steps_for_nfe
     from bench.samplers.schedules import grid_final_zero
 
     d = suite.data
-    shards: list[Shard] = []
-    hashes = [model_hash(a) for a in suite.adapters]  # once per model, not per cell
-    for smp in suite.samplers:
+    out: Points = []
+    for si, smp in enumerate(suite.samplers):
         info = sampler_info(smp["name"])
         fz = grid_final_zero(smp["grid"])
         for ev, ev_obj in zip(suite.evals, suite.eval_objects):
@@ -459,24 +544,95 @@ def plan(suite: Suite) -> list[Shard]:
                                          f"(grid {smp['grid']['name']}): {exc}",
                                          "change the NFE list or nfe_rounding.") from None
                     points.append((nfe, steps))
-            codes = [cell_code_version(m["name"], smp["name"], smp["grid"]["name"], ev_obj, ev["name"])
-                     for m in suite.models]
-            for nfe, steps in points:
-                for model, mhash, code, conds, n in zip(suite.models, hashes, codes, suite.conditions,
-                                                        suite.sample_counts):
-                    compute = {"model": {k: model[k] for k in ("name", "params")}, "model_hash": mhash,
-                               "sampler": {k: smp[k] for k in ("name", "params", "grid")},
-                               "steps": steps, "eval": ev, "seed": d["seed"], "code": code,
-                               "conditions": conds.describe() if conds.kind != "none" else None}
-                    cell_key = content_hash({**compute, "suite": suite.name, "nfe": nfe,
-                                             "samples": n, "labels": [model["label"], smp["label"]]})
-                    shard = n if ev_obj.shape == "loop" else (d["shard_size"] or n)
-                    for start in range(0, n, shard):
-                        stop = min(start + shard, n)
-                        shards.append(Shard(suite.name, model, smp, nfe, steps, ev, d["seed"], start,
-                                            stop, n, d["batch_size"], d["device"], conds, mhash, code,
-                                            key=content_hash({**compute, "range": [start, stop]}),
-                                            cell_key=cell_key))
+            out.append((si, smp, ev, ev_obj, points))
+    return out
+
+
+def dry_run(suite: Suite, points: Points) -> None:
+    """Build each grid and start each sampler, for every model and number of steps the plan
+    uses, on a one-sample batch with a stand-in network: a parameter value that fails before
+    the first network call (``ddim`` with ``eta: -1``, a grid's ``t_end`` out of range, a
+    diffusers scheduler that cannot make the NFE) is a SuiteError now, not in every job.
+    Errors other than ValueError, TypeError and BenchError are left to the job."""
+    from bench.generate import start_sampler
+    from bench.samplers import nfe_for_steps, sampler_info
+    from bench.samplers.schedules import grid_final_zero, make_grid
+
+    runs: dict[tuple[int, int], dict[int, int]] = {}  # (sampler, model) -> steps -> an NFE
+    for si, smp, _, ev_obj, pts in points:
+        pts = list(pts)
+        if ev_obj.shape == "loop":  # the bisection probes down to its smallest step count
+            lo = ev_obj.step_range(smp)[0]
+            pts.append((nfe_for_steps(sampler_info(smp["name"]).evals_per_step, lo,
+                                      grid_final_zero(smp["grid"])), lo))
+        for mi in range(len(suite.adapters)):
+            for nfe, steps in pts:
+                runs.setdefault((si, mi), {}).setdefault(steps, nfe)
+    for (si, mi), by_steps in runs.items():
+        smp, adapter, model = suite.samplers[si], suite.adapters[mi], suite.models[mi]
+        schedule = getattr(adapter, "schedule", None)
+        if schedule is None:  # an adapter that knows its schedule only once loaded
+            continue
+        for steps, nfe in sorted(by_steps.items()):
+            key = (si, mi, steps)
+            if key in suite.dry_run_done:
+                continue
+            where = "grid"
+            try:
+                sigmas = make_grid(smp["grid"], schedule, steps)
+                where = "params"
+                start_sampler(adapter, schedule, smp["name"], smp["params"], sigmas, suite["seed"])
+            except (ValueError, TypeError, BenchError) as exc:
+                what = "its grid" if where == "grid" else "the sampler"
+                # a grid value forwarded from the sampler's params (grid_params) is stated there
+                if where == "grid" and any(f"{k}=" in str(exc) for k in sampler_info(
+                        smp["name"]).grid_params if k in smp["params"]):
+                    where = "params"
+                raise SuiteError(suite.source, f"samplers[{si}].{where}",
+                                 f"sampler '{smp['label']}' on model '{model['label']}' at NFE "
+                                 f"{nfe} ({steps} steps): {what} fails before the first network "
+                                 f"call: {exc}",
+                                 f"change samplers[{si}].{where} (see 'bench list samplers' and "
+                                 f"'bench list grids'), or the NFE list if only some NFEs "
+                                 f"fail.") from None
+            suite.dry_run_done.add(key)
+
+
+def plan(suite: Suite) -> list[Shard]:
+    """Cross the suite's lists into cells and split them into shards; NFEs a sampler cannot
+    reach raise or round. Loop evals get one shard per (model, sampler) over all samples.
+
+    Before any shard exists, the shards are counted and the largest job's memory estimated
+    from the lists (``bench.budget``, stored in ``suite.budget``; a suite over the bounds is a
+    SuiteError), and every sampler is dry-run on every grid the plan uses (``dry_run``)."""
+    from bench.budget import check, estimate
+
+    d = suite.data
+    points = plan_points(suite)
+    suite.budget = estimate(suite, points)
+    check(suite, suite.budget)
+    dry_run(suite, points)
+    shards: list[Shard] = []
+    hashes = [model_hash(a) for a in suite.adapters]  # once per model, not per cell
+    for _, smp, ev, ev_obj, points_ in points:
+        codes = [cell_code_version(m["name"], smp["name"], smp["grid"]["name"], ev_obj, ev["name"])
+                 for m in suite.models]
+        for nfe, steps in points_:
+            for model, mhash, code, conds, n in zip(suite.models, hashes, codes, suite.conditions,
+                                                    suite.sample_counts):
+                compute = {"model": {k: model[k] for k in ("name", "params")}, "model_hash": mhash,
+                           "sampler": {k: smp[k] for k in ("name", "params", "grid")},
+                           "steps": steps, "eval": ev, "seed": d["seed"], "code": code,
+                           "conditions": conds.describe() if conds.kind != "none" else None}
+                cell_key = content_hash({**compute, "suite": suite.name, "nfe": nfe,
+                                         "samples": n, "labels": [model["label"], smp["label"]]})
+                shard = n if ev_obj.shape == "loop" else (d["shard_size"] or n)
+                for start in range(0, n, shard):
+                    stop = min(start + shard, n)
+                    shards.append(Shard(suite.name, model, smp, nfe, steps, ev, d["seed"], start,
+                                        stop, n, d["batch_size"], d["device"], conds, mhash, code,
+                                        key=content_hash({**compute, "range": [start, stop]}),
+                                        cell_key=cell_key))
     return shards
 
 

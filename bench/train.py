@@ -23,7 +23,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,58 @@ from torch import Tensor
 
 from bench.errors import BenchError, close_matches
 from bench.hashing import file_sha256
+from bench.suite import safe_load
 from bench.models.zoo import TRAIN_CONFIGS as CONFIG_DIR
 #: config fields that may change between a run and its resumption (they do not change the steps)
 RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "log_every", "threads", "out"}
+
+
+def _read_config(p: Path) -> dict[str, Any]:
+    """A training YAML as a mapping; unreadable, non-UTF-8 or invalid YAML is a BenchError."""
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise BenchError(f"{p}: field '(file)': is not UTF-8 text. Fix: save it as UTF-8.") from None
+    except OSError as exc:
+        raise BenchError(f"{p}: field '(file)': cannot be read ({exc.strerror or exc}). Fix: "
+                         f"check the path and its permissions.") from None
+    try:
+        raw = safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise BenchError(f"{p}: field '(file)': is not valid YAML{where}: "
+                         f"{getattr(exc, 'problem', None) or exc}. Fix: correct the YAML syntax.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BenchError(f"{p}: field '(file)': must be a mapping of fields, got a "
+                         f"{type(raw).__name__}. Fix: write 'key: value' lines.")
+    return raw
+
+
+def _check_type(p: Path, name: str, value: Any, annotation: str) -> None:
+    """A field's value against its annotation (int, float, str, list[int])."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    ok = {"int": whole(value), "float": number(value), "str": isinstance(value, str),
+          "list[int]": isinstance(value, list) and all(whole(v) for v in value)}.get(annotation, True)
+    if not ok:
+        want = {"int": "a whole number", "float": "a number", "str": "a string",
+                "list[int]": "a list of whole numbers"}[annotation]
+        hint = "see bench/train_configs/*.yaml"
+        if annotation == "float" and isinstance(value, str):
+            try:
+                if math.isfinite(float(value)):
+                    hint = f"write {float(value)!r} (YAML reads {value!r} without a '.' as text)"
+            except ValueError:
+                pass
+        raise BenchError(f"{p}: field '{name}' must be {want}, got {value!r} "
+                         f"({type(value).__name__}). Fix: {hint}.")
 
 
 @dataclass
@@ -82,17 +131,27 @@ class TrainConfig:
                 known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
                 raise BenchError(f"training config '{path}' not found: give a YAML file or one of "
                                  f"{', '.join(known)}.{close_matches(str(path), known)}")
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = _read_config(p)
         for o in overrides or []:
             if "=" not in o:
                 raise BenchError(f"--set {o!r}: expected KEY=VALUE, e.g. --set max_steps=100")
             k, v = o.split("=", 1)
-            raw[k] = yaml.safe_load(v)
+            try:
+                raw[k.strip()] = safe_load(v)
+            except yaml.YAMLError:
+                raw[k.strip()] = v
         names = {f.name for f in fields(cls)}
         for k in raw:
             if k not in names:
                 raise BenchError(f"{p}: field '{k}' is not a training option.{close_matches(k, names)} "
                                  f"Known: {', '.join(sorted(names))}.")
+        for f in fields(cls):
+            if f.name not in raw:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise BenchError(f"{p}: field '{f.name}' is missing (required); add "
+                                     f"'{f.name}: ...' (see bench/train_configs/*.yaml).")
+                continue
+            _check_type(p, f.name, raw[f.name], str(f.type))
         cfg = cls(**raw)
         cfg.validate(str(p))
         return cfg

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import traceback
 from typing import Any
@@ -20,13 +21,14 @@ from typing import Any
 import submitit
 
 from bench.registry import EVALS, load_all
-from bench.store import ResultStore
+from bench.store import HEARTBEAT_S, ResultStore
 from bench.evals.base import Models
 from bench.suite import Shard
 
 
 class Progress:
-    """The latest consistent snapshot of the shard being computed."""
+    """The latest consistent snapshot of the shard being computed, and its running marker (kept
+    fresh for `bench status` and for other runs deciding whether the shard is held)."""
 
     def __init__(self, store: ResultStore, key: str, marker: dict[str, Any] | None = None) -> None:
         self.store, self.key, self.marker = store, key, marker
@@ -46,9 +48,20 @@ class Progress:
 
     def update(self, next_index: int, state: dict[str, dict], meta: dict[str, Any]) -> None:
         self.snapshot = (next_index, state, meta)
-        if self.marker is not None and time.time() - self._marked > 0.5:  # for `bench status`
-            self._marked = time.time()
-            self.store.mark_running(self.key, {**self.marker, "next_index": next_index})
+        if time.time() - self._marked > 0.5:
+            self.beat()
+
+    def beat(self) -> None:
+        """Rewrite the running marker (with the progress so far and the time)."""
+        if self.marker is None:
+            return
+        self._marked = time.time()
+        snap = self.snapshot
+        info = {**self.marker, **({"next_index": snap[0]} if snap is not None else {})}
+        try:
+            self.store.mark_running(self.key, info)
+        except OSError:
+            pass
 
     def save(self) -> None:
         snap = self.snapshot
@@ -58,6 +71,26 @@ class Progress:
             self.store.write_partial(self.key, next_index, flat, meta)
 
 
+class Heartbeat:
+    """A daemon thread that calls ``progress.beat()`` every HEARTBEAT_S while a shard runs, so a
+    marker of a live job on another host never looks stale, however long one batch takes."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.stop = progress, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            self.progress.beat()
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+
+
 def _run_one(shard: Shard, store: ResultStore, models: Models,
              runner: "ShardRunner | None") -> dict[str, Any]:
     if store.has_shard(shard.key):
@@ -65,13 +98,16 @@ def _run_one(shard: Shard, store: ResultStore, models: Models,
     t0 = time.time()
     marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": t0, "shard": shard.label(),
               "slurm_job_id": os.environ.get("SLURM_JOB_ID", "")}
-    store.mark_running(shard.key, marker)
+    holder = store.claim(shard.key, marker)
+    if holder is not None:  # another live run computes it: its result will be read, not redone
+        return {"key": shard.key, "status": "held", "holder": holder}
     progress = Progress(store, shard.key, marker)
     if runner is not None:
         runner.active = progress
     try:
-        ev = EVALS.get(shard.eval["name"])(**shard.eval["params"])
-        state, meta = ev.run_shard(shard, models, cache_dir=store.cache, progress=progress)
+        with Heartbeat(progress):
+            ev = EVALS.get(shard.eval["name"])(**shard.eval["params"])
+            state, meta = ev.run_shard(shard, models, cache_dir=store.cache, progress=progress)
         meta.update(host=socket.gethostname(), pid=os.getpid(),
                     slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
         store.write_shard(shard.key, state, meta)
@@ -113,6 +149,7 @@ class ShardRunner(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         if self.active is not None:
             self.active.save()
+            self.active.store.running_path(self.active.key).unlink(missing_ok=True)
         return submitit.helpers.DelayedSubmission(ShardRunner(), *args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:

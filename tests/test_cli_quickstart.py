@@ -102,14 +102,29 @@ def test_killed_run_resumes_with_only_the_missing_shards(write_suite, tmp_path):
 
 
 def test_failing_cell_records_traceback_and_others_finish(cli, write_suite, tmp_path):
-    # eta < 0 passes validation (a number) but the sampler raises inside the job
-    suite = write_suite(small_suite(samplers=["euler", {"name": "ddim", "params": {"eta": -1}}]))
+    # the consistency sampler asks the loaded network whether it is consistency-parameterised:
+    # the plan's dry run stops at that first use of the network, so only the job can fail
+    suite = write_suite(small_suite(samplers=["euler", "consistency"]))
+    code, out, _ = cli("plan", suite, "--results", tmp_path / "r")
+    assert code == 0
     code, out, _ = cli("run", suite, "--results", tmp_path / "r")
     assert code == 1 and "2 computed" in out and out.count("failed: ") == 2
     key = out.split("failed: ")[1].split(":")[0]
     info = json.loads((tmp_path / "r" / "_failed" / f"{key}.json").read_text())
-    assert "eta must be >= 0" in info["traceback"] and "Traceback" in info["traceback"]
+    assert "not consistency-parameterised" in info["traceback"] and "Traceback" in info["traceback"]
     assert set(pd.read_parquet(tmp_path / "r")["sampler"]) == {"euler"}
+
+
+def test_bad_sampler_param_value_fails_at_plan(cli, write_suite, tmp_path):
+    # eta < 0 is a number (passes the names check) but ddim refuses it before its first
+    # network call: the plan's dry run finds it, naming the field, sampler, model and NFE
+    suite = write_suite(small_suite(samplers=["euler", {"name": "ddim", "params": {"eta": -1}}]))
+    for cmd in ("plan", "run"):
+        code, out, err = cli(cmd, suite, "--results", tmp_path / "r")
+        assert code == 2 and out == "" and err.startswith("error: "), (cmd, out, err)
+        assert "samplers[1].params" in err and "eta must be >= 0, got -1" in err
+        assert "sampler 'ddim' on model 'g' at NFE 10" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_list_prints_every_entry_with_params(cli):

@@ -186,8 +186,14 @@ class ImageFolder(ImageDataset):
 
         out = []
         for p in self.files[start:stop]:
-            with Image.open(p) as im:  # as clean-fid and pytorch-fid read files: RGB
-                a = np.asarray(im.convert("RGB"))
+            try:
+                with Image.open(p) as im:  # as clean-fid and pytorch-fid read files: RGB
+                    a = np.asarray(im.convert("RGB"))
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                # UnidentifiedImageError and "image file is truncated" are OSErrors
+                raise BenchError(f"image folder '{self.path}': image file '{p}' cannot be decoded "
+                                 f"({type(exc).__name__}: {exc}); it is corrupt or truncated. "
+                                 f"Remove or replace it, then rerun.") from None
             out.append(a.transpose(2, 0, 1))
         shapes = {o.shape for o in out}
         if len(shapes) > 1:
@@ -204,6 +210,23 @@ class ImageArray(ImageDataset):
     def __init__(self, path: str | Path, key: str | None = None) -> None:
         self.path = Path(path)
         self.name = f"array:{self.path.name}"
+        try:
+            arr = self._load(key)
+        except BenchError:
+            raise
+        except Exception as exc:  # truncated, not NumPy, object arrays (no pickles are loaded)
+            raise BenchError(f"image array '{path}' cannot be read ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); it is corrupt, truncated or not a NumPy "
+                             f".npy/.npz file. Replace it, then rerun.") from None
+        if np.ndim(arr) < 3 or not len(arr):
+            raise BenchError(f"image array '{path}': expected N images (NHWC or NCHW), got an "
+                             f"array of shape {np.shape(arr)}; save the images as one N x H x W x C "
+                             f"array.")
+        self._raw = arr
+        self._check = _to_nchw_uint8(np.asarray(arr[:1]), str(self.path))  # validates layout
+
+    def _load(self, key: str | None) -> Any:
+        path = self.path
         if self.path.suffix == ".npy":
             arr = np.load(self.path, mmap_mode="r")
         else:
@@ -216,8 +239,7 @@ class ImageArray(ImageDataset):
                     raise BenchError(f"'{path}': no image array found (keys {z.files}); name one "
                                      f"of {', '.join(self.KEYS)}.")
                 arr = z[keys[0]]
-        self._raw = arr
-        self._check = _to_nchw_uint8(np.asarray(arr[:1]), str(self.path))  # validates layout
+        return arr
 
     def __len__(self) -> int:
         return len(self._raw)

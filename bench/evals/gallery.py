@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.integrity import save_npz
 
 
 def gallery_dir(results_dir: Path, suite: str, model: str, sampler: str, nfe: int) -> Path:
@@ -30,6 +31,5 @@ def save_gallery(cache_dir: Any, shard: Any, gen: Any, limit: int) -> None:
     c = (gen.indices[keep] % k) if k else np.full(int(keep.sum()), -1)
     names = {str(i): (f"{it.label}: {it.text}" if it.label is not None and it.text else
                       it.text or it.id) for i, it in enumerate(conds.items)} if k else None
-    tmp = folder / f".{int(gen.indices[0]):08d}.tmp.npz"
-    np.savez(tmp, images=images, idx=gen.indices[keep], cond=c, names=np.array(json.dumps(names)))
-    os.replace(tmp, folder / f"{int(gen.indices[0]):08d}.npz")
+    save_npz(folder / f"{int(gen.indices[0]):08d}.npz",
+             {"images": images, "idx": gen.indices[keep], "cond": c, "names": np.array(json.dumps(names))})

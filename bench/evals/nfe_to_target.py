@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 OUTPUTS = {"nfe_to_target": Output(False, "none (the smallest reachable NFE that met the target; "
-                                          "NaN if nfe_max did not)")}
+                                          "NaN if nfe_max did not)",
+                                   nan_means="the target was not reached by nfe_max")}
 
 
 @EVALS.register("nfe_to_target", "Smallest NFE at which a sampler reaches a target metric value, by "

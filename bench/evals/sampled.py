@@ -134,6 +134,9 @@ class SampledEval(Eval):
         specs = parse_metrics(list(self.default_metrics) if metrics is None else metrics)
         if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
             raise FieldError("gallery", f"= {gallery!r}.", "use a number of samples >= 0.")
+        if not isinstance(slices, (str, list, tuple)):
+            raise FieldError("slices", f"must be a list of slice names, got {slices!r}.",
+                             f"write e.g. 'slices: [all, condition]' (slices: {', '.join(SLICES)}).")
         slices = [slices] if isinstance(slices, str) else list(slices)
         for s in slices:
             if s not in SLICES:
@@ -240,6 +243,10 @@ class SampledEval(Eval):
                     col[at] = v
                     table[k] = col
                 rows += self.slice_rows(table, per, {**common, **described}, shards[0].conditions)
+        bad = int((~table["finite"].astype(bool)).sum()) if "finite" in table else 0
+        for r in rows:  # samples whose output had NaN or inf (a metric may count its own)
+            if r["slice"] == "all" and r.get("n_nonfinite") is None:
+                r["n_nonfinite"] = bad
         return rows, table
 
     def slice_rows(self, table: pd.DataFrame, per: dict[str, np.ndarray], common: dict[str, Any],

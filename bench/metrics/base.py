@@ -27,6 +27,9 @@ class Output:
     higher_is_better: bool | None  # None: no direction (a count, a diagnostic)
     interval: str                  # what [ci_low, ci_high] is
     description: str = ""
+    #: what a NaN value of this row means when it is an outcome, not a failure (e.g. "the
+    #: target was not reached"); empty: a NaN is a failure (run exit 1, compare NON-FINITE)
+    nan_means: str = ""
 
 
 #: the interval of a mean over per-sample values (``mean_ci``)

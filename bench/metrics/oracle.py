@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.integrity import checked, load_npz, npz_ok, save_npz
 from bench.metrics.base import MEAN_CI, Metric, Output, Values, mean_ci, merge_per_sample
 from bench.registry import METRICS
 
@@ -36,13 +37,11 @@ class OracleRMSE(Metric):
             return adapter.ode_solution(batch.x_start, s0, s1)
         h = hashlib.sha256(json.dumps([adapter.describe(), s0, s1], sort_keys=True).encode())
         h.update(batch.x_start.detach().cpu().numpy().tobytes())
-        path = cache / "truth" / f"{h.hexdigest()[:24]}.npy"
-        if path.is_file():
-            return torch.from_numpy(np.load(path)).to(batch.x_start)
+        path = cache / "truth" / f"{h.hexdigest()[:24]}.npz"
+        if checked(path, cache.parent, npz_ok):  # a corrupt file is moved aside and recomputed
+            return torch.from_numpy(load_npz(path)["truth"]).to(batch.x_start)
         out = adapter.ode_solution(batch.x_start, s0, s1)
-        from bench.store import atomic_write
-
-        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), out.detach().cpu().numpy()))
+        save_npz(path, {"truth": out.detach().cpu().numpy()})
         return out
 
     def update(self, batch: Any) -> None:

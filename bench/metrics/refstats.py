@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench.errors import BenchError, close_matches
+from bench.integrity import CorruptFile, checked, load_npz, npz_ok, quarantine, save_npz
 
 REFSTATS_ENV = "BENCH_REFSTATS_DIR"
 
@@ -102,30 +103,24 @@ def ref_path(ref_id: str, root: str | os.PathLike | None = None) -> Path:
 
 
 def save(ref: RefStats, root: str | os.PathLike | None = None) -> Path:
-    from bench.store import atomic_write
-
+    """Write the statistics with their content digest (``bench.integrity``)."""
     path = ref_path(ref.id, root)
     arrays: dict[str, Any] = {"mu": ref.mu.astype(np.float64), "sigma": ref.sigma.astype(np.float64),
                               "n": np.array(ref.n), "meta": np.array(json.dumps(ref.meta))}
     if ref.features is not None:
         arrays["features"] = ref.features.astype(np.float32)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
+    save_npz(path, arrays)
     load.cache_clear()
     return path
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["meta"]))
+    return json.loads(str(load_npz(path)["meta"]))
 
 
 @lru_cache(maxsize=4)
 def load(ref_id: str, root: str | None = None) -> RefStats:
+    """Statistics by id, verified against their digest (CorruptFile names a bad file)."""
     path = ref_path(ref_id, root)
     if not path.is_file():
         known = list_ids(root)
@@ -133,9 +128,9 @@ def load(ref_id: str, root: str | None = None) -> RefStats:
                          f"{close_matches(ref_id, known)} Known: {', '.join(known) or '(none)'}. "
                          f"Build one with 'bench refstats build --dataset NAME', import one with "
                          f"'bench refstats import FILE.npz', or set ${REFSTATS_ENV}.")
-    with np.load(path, allow_pickle=False) as z:
-        feats = z["features"] if "features" in z.files else None
-        return RefStats(ref_id, z["mu"], z["sigma"], int(z["n"]), feats, json.loads(str(z["meta"])))
+    z = load_npz(path)
+    feats = z["features"] if "features" in z else None
+    return RefStats(ref_id, z["mu"], z["sigma"], int(z["n"]), feats, json.loads(str(z["meta"])))
 
 
 def list_ids(root: str | os.PathLike | None = None) -> list[str]:
@@ -146,7 +141,10 @@ def list_ids(root: str | os.PathLike | None = None) -> list[str]:
 def list_refs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     out = []
     for ref_id in list_ids(root):
-        meta = read_meta(ref_path(ref_id, root))
+        try:
+            meta = read_meta(ref_path(ref_id, root))
+        except CorruptFile as exc:
+            meta = {"dataset": f"CORRUPT: {exc.reason}"}
         out.append({"id": ref_id, **meta})
     return out
 
@@ -167,7 +165,7 @@ def build(dataset: Any, extractor: Any, *, limit: int | None = None, keep_featur
     """Statistics of ``dataset`` under ``extractor``; (ref, built_now). Found -> nothing recomputed."""
     ref_id, key = ref_id_for(dataset, extractor, limit)
     path = ref_path(ref_id, root)
-    if path.is_file():
+    if checked(path, refstats_dir(root), npz_ok):  # a corrupt file is moved aside and rebuilt
         ref = load(ref_id, str(root) if root else None)
         if keep_features and ref.features is None:
             pass  # rebuild below with features
@@ -243,7 +241,13 @@ def resolve(spec: str, extractor: Any, *, root: str | os.PathLike | None = None,
             limit: int | None = None, keep_features: bool = True) -> RefStats:
     """A refstats id, a stats ``.npz`` (imported), or a data set (built or found)."""
     if ref_path(spec, root).is_file():
-        return load(spec, str(root) if root else None)
+        try:
+            return load(spec, str(root) if root else None)
+        except CorruptFile as exc:
+            moved = quarantine(exc.path, refstats_dir(root), exc.reason)
+            raise BenchError(f"reference statistics '{spec}' were corrupt ({exc.reason}) and were "
+                             f"moved to '{moved}'. Give the data set they were built from as 'ref' "
+                             f"(they are rebuilt), or import the statistics file again.") from None
     p = Path(spec)
     if p.is_file() and p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:

@@ -42,6 +42,40 @@ def _as_array(value: Any, field: str) -> np.ndarray:
         raise BenchError(f"gmm: field '{field}' must be numbers, got {value!r}.") from None
 
 
+def _check_types(*, shape: Any, var_min: Any, var_max: Any, mean_std: Any, seed: Any,
+                 truth_rtol: Any, schedule: Any) -> None:
+    """The scalar parameters' types and ranges, before NumPy meets them (a suite gives any
+    YAML value: a string shape or seed would otherwise surface as a TypeError)."""
+    from numbers import Integral, Real
+
+    def real(v: Any) -> bool:
+        return isinstance(v, Real) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, Integral) and not isinstance(v, bool)
+
+    if not isinstance(shape, (list, tuple)) or not all(whole(d) for d in shape):
+        raise BenchError(f"gmm: field 'shape' must be a list of positive whole numbers (e.g. "
+                         f"[1, 4, 4]), got {shape!r}.")
+    for name, v in (("var_min", var_min), ("var_max", var_max)):
+        if not real(v) or v <= 0:
+            raise BenchError(f"gmm: field '{name}' must be a positive number, got {v!r}.")
+    if not real(mean_std) or mean_std < 0:
+        raise BenchError(f"gmm: field 'mean_std' must be a number >= 0, got {mean_std!r}.")
+    if var_max < var_min:
+        raise BenchError(f"gmm: field 'var_max' ({var_max!r}) is below var_min ({var_min!r}); "
+                         f"give var_min <= var_max.")
+    if not whole(seed) or seed < 0:
+        raise BenchError(f"gmm: field 'seed' must be a whole number >= 0, got {seed!r}.")
+    if not real(truth_rtol) or truth_rtol <= 0:
+        raise BenchError(f"gmm: field 'truth_rtol' must be a positive number, got {truth_rtol!r}.")
+    name = schedule if isinstance(schedule, str) else (
+        schedule.get("name", "discrete") if isinstance(schedule, dict) else None)
+    if name not in ("discrete", "linear"):
+        raise BenchError(f"gmm: field 'schedule' is {schedule!r}; use 'discrete', 'linear' or "
+                         f"{{name: discrete|linear, ...}}.")
+
+
 @MODELS.register("gmm", "Exact Gaussian-mixture oracle (closed-form denoiser and ODE solution)")
 class GMMOracle(ModelAdapter):
     """Gaussian mixture data under a VP process; the ideal denoiser in closed form.
@@ -59,12 +93,21 @@ class GMMOracle(ModelAdapter):
                  weights: list | None = None, means: list | None = None, covs: list | None = None,
                  truth_rtol: float = 1e-10, parameterisation: str = "x0",
                  consistency_sigma_min: float = 0.0, guidance: dict | None = None) -> None:
+        _check_types(shape=shape, var_min=var_min, var_max=var_max, mean_std=mean_std, seed=seed,
+                     truth_rtol=truth_rtol, schedule=schedule)
         self.shape = tuple(int(d) for d in shape)
         if not self.shape or any(d <= 0 for d in self.shape):
             raise BenchError(f"gmm: field 'shape' must be positive sizes, got {list(shape)}.")
-        dim = int(np.prod(self.shape))
+        dim = int(np.prod(self.shape, dtype=object))
+        k = components if means is None else (len(means) if isinstance(means, (list, tuple)) else 1)
+        full = cov == "full" if means is None else any(
+            np.ndim(c) == 2 for c in (covs if isinstance(covs, (list, tuple)) else []))
+        self._check_fits(k, self.shape, full, "components" if means is None else "means")
         self.schedule_spec = schedule
-        self.schedule: VPSchedule = make_schedule(schedule)
+        try:
+            self.schedule: VPSchedule = make_schedule(schedule)
+        except (TypeError, ValueError) as exc:  # unknown or ill-typed schedule parameters
+            raise BenchError(f"gmm: field 'schedule' = {schedule!r}: {exc}.") from None
         if truth_rtol > 1e-9:
             raise BenchError(f"gmm: field 'truth_rtol' is {truth_rtol}; ground truth needs <= 1e-9.")
         self.truth_rtol = float(truth_rtol)
@@ -83,9 +126,14 @@ class GMMOracle(ModelAdapter):
             mu = np.broadcast_to(mu.reshape(mu.shape[0], -1) if mu.ndim > 1 else mu[:, None],
                                  (mu.shape[0], dim)).copy()
             lam, q = self._eig(covs if covs is not None else [1.0] * len(mu), len(mu), dim)
+        for name, arr in (("means", mu), ("covs", lam)):
+            if not np.isfinite(arr).all() or (np.abs(arr) > 1e150).any():
+                raise BenchError(f"gmm: field '{name}' has a value that is NaN, infinite or "
+                                 f"beyond 1e150 in magnitude (squared, it overflows float64); "
+                                 f"give finite values of a sane scale.")
         k = mu.shape[0]
         w = np.full(k, 1.0 / k) if weights is None else _as_array(weights, "weights")
-        if w.shape != (k,) or (w <= 0).any():
+        if w.shape != (k,) or not np.isfinite(w).all() or (w <= 0).any():
             raise BenchError(f"gmm: field 'weights' needs {k} positive numbers, got {weights!r}.")
         self.params = {"shape": list(self.shape), "schedule": schedule, "components": k}
         if parameterisation not in ("x0", "consistency"):
@@ -112,6 +160,30 @@ class GMMOracle(ModelAdapter):
         self.weights_hash = digest.hexdigest()
 
     @staticmethod
+    def _check_fits(k: Any, shape: tuple[int, ...], full: bool, field: str) -> None:
+        """Refuse a mixture whose parameters would not fit in memory, before drawing them: means
+        and variances (with their draws) take 3 k dim float64; full covariances k eigenvector
+        matrices of dim x dim, held twice while they are stacked, and the QR workspace that
+        draws one (2 more). The bound is this machine's RAM (the oracle is built when a suite is
+        validated and in every job), or GMM_MAX_BYTES where it cannot be read."""
+        from bench.budget import machine_ram_bytes, size
+
+        dim = int(np.prod(shape, dtype=object))
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise BenchError(f"gmm: field '{field}' must give at least one component, got {k!r}.")
+        need = 8 * (3 * k * dim + ((2 * k + 2) * dim * dim if full else 0))
+        ram = machine_ram_bytes()
+        limit = ram or GMM_MAX_BYTES
+        if need > limit:
+            what = (f"{k} full {dim}x{dim} covariance(s)" if full else
+                    f"{k} x {dim:,} means and variances")
+            raise BenchError(f"gmm: field 'shape' = {list(shape)} gives {dim:,} "
+                             f"dimensions: {what} need about {size(need)}, more than the "
+                             f"{size(limit)} of {'this machine' if ram else 'GMM_MAX_BYTES'}. "
+                             f"Use a smaller shape{' or cov: diag' if full else ''}, or fewer "
+                             f"components.")
+
+    @staticmethod
     def _eig(covs: Any, k: int, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Per component a scalar, a diagonal (dim,) or a full (dim, dim) covariance."""
         if not isinstance(covs, (list, tuple, np.ndarray)) or len(covs) != k:
@@ -121,7 +193,7 @@ class GMMOracle(ModelAdapter):
             c = _as_array(ci, f"covs[{i}]")
             if c.ndim <= 1 and c.size in (1, dim):
                 lams.append(np.broadcast_to(c.reshape(-1), (dim,)).copy())
-                qs.append(np.eye(dim))
+                qs.append(None)  # the identity, built below only if another one is full
             elif c.shape == (dim, dim):
                 lam, q = np.linalg.eigh(c)
                 lams.append(lam)
@@ -133,7 +205,7 @@ class GMMOracle(ModelAdapter):
         if (lam <= 0).any():
             raise BenchError("gmm: field 'covs' must be positive definite (all variances > 0).")
         full = any(np.asarray(c).ndim == 2 for c in covs)
-        return lam, (np.stack(qs) if full else None)
+        return lam, (np.stack([np.eye(dim) if q is None else q for q in qs]) if full else None)
 
     @staticmethod
     def _check_guidance(g: Any, k: int) -> dict[str, Any]:
@@ -229,6 +301,8 @@ class GMMOracle(ModelAdapter):
 
 
 BLOCK = 16
+#: most memory a mixture's parameters may take where the machine's RAM cannot be read
+GMM_MAX_BYTES = 64 * 2**30
 
 
 def matmul_rows(x: Tensor, m: Tensor) -> Tensor:

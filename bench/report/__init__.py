@@ -12,22 +12,115 @@ from bench.errors import BenchError
 from bench.store import ROW_KEY
 from bench.report.galleries import render_galleries
 from bench.report.plots import nfe_plot
-from bench.report.tables import fmt, markdown_table, slopes, value_table, cost_table
+from bench.report.tables import (cost_table, fmt, fmt_value, markdown_table, nonfinite_rows, slopes,
+                                  value_table)
+
+
+#: the row columns a report reads (every file the store writes has them all, ``ROW_SCHEMA``)
+REPORT_COLUMNS = ROW_KEY + ["value", "ci_low", "ci_high", "n_samples", "model_name", "model_params",
+                            "sampler_name", "sampler_params", "eval_params", "seed", "nfe_counted",
+                            "wall_s", "model_s", "samples_per_s", "run_id", "config_hash",
+                            "git_revision", "torch_version", "device", "code_hash", "created_at"]
+#: the row columns ``latest_rows`` and ``bench compare`` need
+COMPARE_COLUMNS = ROW_KEY + ["value", "ci_low", "ci_high", "created_at"]
+
+
+def read_rows(path: str | Path, what: str, columns: list[str]) -> pd.DataFrame:
+    """Result rows from an existing Parquet file or folder, checked: readable, not empty, with
+    ``columns``, a numeric ``value``. ``what`` names the argument in the error message."""
+    path = Path(path)
+    fix = (f"give a results folder written by 'bench run --results DIR' (or one Parquet file "
+           f"of it, DIR/<suite>/<cell>.parquet)")
+    check_digests(path, what)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # not Parquet, truncated, unreadable
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise BenchError(f"{what} '{path}' is not readable as result rows (Parquet): "
+                         f"{type(exc).__name__}: {first}; {fix}.") from None
+    if not len(df.columns) or (df.empty and path.is_dir()):
+        raise BenchError(f"{what} '{path}' has no result rows"
+                         f"{' (the folder is empty)' if path.is_dir() and not any(path.iterdir()) else ''}"
+                         f"; run a suite into it first ('bench run SUITE --results {path}'), or "
+                         f"{fix}.")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise BenchError(f"{what} '{path}' is Parquet but not result rows: it lacks the column(s) "
+                         f"{shown}{_foreign_files(path, columns)}; {fix}.")
+    if df.empty:
+        raise BenchError(f"{what} '{path}' has no result rows (0 rows); {fix}.")
+    keyless = df[["suite", "model", "sampler", "nfe", "eval", "metric"]].isna().any(axis=1)
+    if keyless.any():  # a folder read as one table: a foreign file's rows have null keys
+        raise BenchError(f"{what} '{path}': {int(keyless.sum())} row(s) have no suite, model, "
+                         f"sampler, NFE, eval or metric{_foreign_files(path, columns)}; remove "
+                         f"what is not a result file from the folder, or {fix}.")
+    if not pd.api.types.is_numeric_dtype(df["value"]):
+        raise BenchError(f"{what} '{path}': column 'value' holds {df['value'].dtype} data, not "
+                         f"numbers; {fix}.")
+    return df
+
+
+def check_digests(path: Path, what: str) -> None:
+    """Refuse result files whose content no longer matches the digest bench wrote with them
+    (``bench.integrity``); files without one (an older bench, or edited by hand) are read, with
+    a warning that names them."""
+    import sys
+
+    from bench.integrity import CorruptFile, read_table
+
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*.parquet")
+        if not any(part.startswith(("_", ".")) for part in f.relative_to(path).parts))
+    unsigned = []
+    for f in files:
+        try:
+            read_table(f)
+        except CorruptFile as exc:
+            if "no content digest" not in exc.reason:
+                raise BenchError(f"{what} '{path}': result file '{f}' is corrupt ({exc.reason}); "
+                                 f"rerun its suite with --results {path} (the file is moved "
+                                 f"aside and rewritten), or remove it.") from None
+            unsigned.append(str(f))
+        except Exception:
+            pass  # not Parquet at all: read_rows names it below
+    if unsigned:
+        print(f"warning: {len(unsigned)} result file(s) in '{path}' carry no content digest "
+              f"(written by an older bench, or edited by hand), so they cannot be verified: "
+              f"{', '.join(unsigned[:3])}{' ...' if len(unsigned) > 3 else ''}", file=sys.stderr)
+
+
+def _foreign_files(path: Path, columns: list[str]) -> str:
+    """' (from FILE, ...)': the Parquet files under ``path`` that lack some of ``columns``."""
+    import pyarrow.parquet as pq
+
+    if not path.is_dir():
+        return ""
+    bad = []
+    for f in sorted(path.rglob("*.parquet")):
+        if any(part.startswith(("_", ".")) for part in f.relative_to(path).parts):
+            continue  # pyarrow skips these too
+        try:
+            names = set(pq.read_schema(f).names)
+        except Exception:
+            names = set()
+        if not set(columns) <= names:
+            bad.append(str(f))
+    return f" (from {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})" if bad else ""
 
 
 def load_results(results: str | Path, suite: str | None = None) -> pd.DataFrame:
     path = Path(results)
     if not path.exists():
         raise BenchError(f"results folder '{path}' does not exist; run 'bench run SUITE "
-                         f"--results {path}' first.")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # empty folder, no parquet files
-        raise BenchError(f"no result rows in '{path}' ({type(exc).__name__}); run a suite first.") from None
+                         f"--results {path}' first, or pass the folder it wrote.")
+    df = read_rows(path, "results folder" if path.is_dir() else "results file", REPORT_COLUMNS)
     if suite:
+        known = sorted(df["suite"].astype(str).unique())
         df = df[df["suite"] == suite]
         if df.empty:
-            raise BenchError(f"no rows for suite {suite!r} in '{path}'.")
+            raise BenchError(f"--suite: no rows for suite {suite!r} in '{path}'; drop --suite or "
+                             f"use one of: {', '.join(known)}.")
     return latest_rows(df)
 
 
@@ -57,10 +150,25 @@ def suite_report_options(results: str | Path, suite: str) -> dict:
 
     runs = sorted((Path(results) / "_runs").glob("*.json"))
     for p in reversed(runs):
-        m = json.loads(p.read_text())
-        if m.get("suite") == suite:
-            return dict(m.get("report") or {})
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):  # unreadable: 'bench status' says so
+            continue
+        if isinstance(m, dict) and m.get("suite") == suite:
+            return dict(m.get("report")) if isinstance(m.get("report"), dict) else {}
     return {}
+
+
+def _fit_min_nfe(results: str | Path, suite: str) -> int:
+    """The suite's ``report: {fit_min_nfe: N}`` as its newest run recorded it (0 if unset)."""
+    v = suite_report_options(results, suite).get("fit_min_nfe", 0)
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise BenchError(f"suite {suite!r}: field 'report.fit_min_nfe' is {v!r} in its newest run "
+                         f"in '{results}'; pass --fit-min-nfe N (a whole number >= 0) to override "
+                         f"it, and fix the suite's 'report: {{fit_min_nfe: N}}'.")
+    return v
 
 
 def interval_caption(metric: str) -> str:
@@ -86,7 +194,7 @@ def nfe_to_target_section(df: pd.DataFrame) -> list[str]:
         probes = df[(df["eval"] == "nfe_to_target") & (df["config_hash"] == r["config_hash"])
                     & (df["metric"] != "nfe_to_target")].sort_values("step")
         found = "not reached" if pd.isna(r["value"]) else f"{int(r['value'])}"
-        trail = ", ".join(f"{int(p['nfe'])}: {fmt(p['value'])}" for _, p in probes.iterrows())
+        trail = ", ".join(f"{int(p['nfe'])}: {fmt_value(p['value'])}" for _, p in probes.iterrows())
         out.append([str(r["model"]), str(r["sampler"]),
                     f"{params['metric']['name']} {params['output']} "
                     f"to {params['target']:g}",
@@ -108,12 +216,13 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
 
     load_all()
     df = load_results(results, suite)
+    min_nfes = {name: fit_min_nfe if fit_min_nfe is not None else _fit_min_nfe(results, name)
+                for name in sorted(df["suite"].unique())}  # checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for suite_name, sdf in df.groupby("suite", sort=True):
-        min_nfe = fit_min_nfe if fit_min_nfe is not None else int(
-            suite_report_options(results, suite_name).get("fit_min_nfe", 0))
+        min_nfe = min_nfes[suite_name]
         md = [f"# Report: {suite_name}", ""]
         runs = sorted(sdf["run_id"].unique())
         md += [f"{len(sdf)} result rows from run(s) {', '.join(runs)}; "
@@ -131,6 +240,12 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
                    f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
                    f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
                    f"{interval_caption(metric)}.", "", value_table(g), ""]
+            bad = nonfinite_rows(g)
+            if len(bad):
+                md += [f"{len(bad)} value(s) are not finite (NaN or inf: "
+                       + ", ".join(f"{r['sampler']} NFE {int(r['nfe'])} = {fmt_value(r['value'])}"
+                                   for _, r in bad.sort_values(["sampler", "nfe"]).iterrows())
+                       + "); the table shows them, the plot and the slope fit leave them out.", ""]
             fits = slopes(g, min_nfe)
             params = dict(zip(g["sampler"], g["sampler_params"]))
             rows = []
@@ -138,7 +253,7 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
                 order = (sampler_info(f["sampler_name"]).order_for(json.loads(params[f["sampler"]]))
                          if f["sampler_name"] else None)
                 theory = f"{-order}" if (order and metric == "rmse") else "–"
-                rows.append([f["sampler"], f"{f['slope']:.2f}", theory,
+                rows.append([f["sampler"], "–" if pd.isna(f["slope"]) else f"{f['slope']:.2f}", theory,
                              f"{f['nfe_min']}–{f['nfe_max']} ({f['points']} points)"])
             md += ["Fitted slope of log " + metric + " against log counted NFE"
                    + (f" (NFE >= {min_nfe})" if min_nfe else "") + ":", "",

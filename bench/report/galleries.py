@@ -4,14 +4,24 @@ condition (class or prompt), from ``RESULTS/_gallery/<suite>/<model>__<sampler>_
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from bench.integrity import CorruptFile, load_npz
+
 
 def load_gallery(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str] | None]:
     """(uint8 NCHW images, condition per image, condition names) sorted by sample index."""
-    parts = [np.load(p) for p in sorted(folder.glob("*.npz"))]
+    parts = []
+    for p in sorted(folder.glob("*.npz")):
+        try:
+            parts.append(load_npz(p))
+        except CorruptFile as exc:  # a rerun of the suite writes it again
+            print(f"warning: gallery image file skipped: {exc}", file=sys.stderr)
+    if not parts:
+        return np.zeros((0, 1, 1, 1), np.uint8), np.zeros(0, np.int64), None
     idx = np.concatenate([p["idx"] for p in parts])
     order = np.argsort(idx, kind="stable")
     images = np.concatenate([p["images"] for p in parts])[order]
@@ -60,6 +70,8 @@ def render_galleries(results: Path, suite: str, out: Path, slug) -> list[tuple[s
     written = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.npz"))):
         images, cond, names = load_gallery(folder)
+        if not len(images):
+            continue
         name = folder.name.replace("__", " / ")
         png = grid_png(images, cond, names, f"{suite}: {name}",
                        out / f"{slug(suite)}_gallery_{folder.name}.png")

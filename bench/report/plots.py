@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -20,8 +21,11 @@ def nfe_plot(df: pd.DataFrame, title: str, ylabel: str, path: Path) -> Path:
     markers = ["o", "s", "^", "D"]
     for i, (sampler, g) in enumerate(df.groupby("sampler", sort=True)):
         g = g.sort_values("nfe_counted")
+        g = g[np.isfinite(g["value"].to_numpy(float))]  # NaN / inf: in the table, not the plot
         y = g["value"].to_numpy(float)
-        err = [y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y]
+        # a missing or infinite interval bound draws no bar on that side
+        err = [np.nan_to_num(np.clip(y - g["ci_low"].to_numpy(float), 0, None), nan=0, posinf=0),
+               np.nan_to_num(np.clip(g["ci_high"].to_numpy(float) - y, 0, None), nan=0, posinf=0)]
         ax.errorbar(g["nfe_counted"], y, yerr=err, marker=markers[i // 10 % 4], ms=4,
                     ls=styles[i // 10 % 4], capsize=3, label=str(sampler))
     ax.set_xscale("log")

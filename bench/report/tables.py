@@ -8,10 +8,24 @@ import numpy as np
 import pandas as pd
 
 
-def fmt(v: float) -> str:
+def fmt(v: float, nan: str = "–") -> str:
+    """A number in 3 significant digits; ``nan`` for NaN/None (a missing interval shows '–'),
+    'inf' / '-inf' for infinities."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
+        return nan
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
     return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
+
+
+def fmt_value(v: float) -> str:
+    """A measured value: NaN shows as 'NaN' (the metric was not a number), not as missing."""
+    return fmt(v, nan="NaN")
+
+
+def nonfinite_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose value is NaN or +-inf (tables show them; plots and fits leave them out)."""
+    return df[~np.isfinite(df["value"].to_numpy(float))]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -32,7 +46,7 @@ def value_table(df: pd.DataFrame) -> str:
                 cells.append("–")
                 continue
             r = r.iloc[0]
-            txt = f"{fmt(r['value'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+            txt = f"{fmt_value(r['value'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
             if int(r["nfe_counted"]) != int(n):
                 txt += f" (NFE {int(r['nfe_counted'])})"
             cells.append(txt)
@@ -53,6 +67,7 @@ def slopes(df: pd.DataFrame, min_nfe: int = 0) -> pd.DataFrame:
     out = []
     for sampler, g in df.groupby("sampler", sort=True):
         g = g[g["nfe_counted"] >= min_nfe].sort_values("nfe_counted")
+        g = g[np.isfinite(g["value"].to_numpy(float))]  # NaN / inf values are not fitted
         out.append({"sampler": sampler, "sampler_name": g["sampler_name"].iloc[0] if len(g) else "",
                     "slope": fit_slope(g["nfe_counted"].to_numpy(float), g["value"].to_numpy(float)),
                     "nfe_min": int(g["nfe_counted"].min()) if len(g) else 0,
@@ -66,6 +81,6 @@ def cost_table(df: pd.DataFrame) -> str:
         share = r["model_s"] / r["wall_s"] if r["wall_s"] else float("nan")
         rows.append([str(r["sampler"]), str(int(r["nfe"])), str(int(r["nfe_counted"])),
                      str(int(r["n_samples"])), fmt(r["wall_s"]), fmt(r["samples_per_s"]),
-                     f"{100 * share:.0f}%"])
+                     f"{100 * share:.0f}%" if math.isfinite(share) else "–"])
     return markdown_table(["sampler", "NFE", "counted NFE", "samples", "wall s", "samples/s",
                            "time in model"], rows)
