@@ -31,7 +31,7 @@ def read_rows(path: str | Path, what: str, columns: list[str]) -> pd.DataFrame:
     path = Path(path)
     fix = (f"give a results folder written by 'bench run --results DIR' (or one Parquet file "
            f"of it, DIR/<suite>/<cell>.parquet)")
-    check_digests(path, what)
+    unsigned = check_digests(path, what)
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # not Parquet, truncated, unreadable
@@ -58,15 +58,19 @@ def read_rows(path: str | Path, what: str, columns: list[str]) -> pd.DataFrame:
     if not pd.api.types.is_numeric_dtype(df["value"]):
         raise BenchError(f"{what} '{path}': column 'value' holds {df['value'].dtype} data, not "
                          f"numbers; {fix}.")
+    if unsigned:
+        import sys
+
+        print(f"warning: {len(unsigned)} result file(s) in '{path}' carry no content digest "
+              f"(written by an older bench, or edited by hand), so they cannot be verified: "
+              f"{', '.join(unsigned[:3])}{' ...' if len(unsigned) > 3 else ''}", file=sys.stderr)
     return df
 
 
-def check_digests(path: Path, what: str) -> None:
+def check_digests(path: Path, what: str) -> list[str]:
     """Refuse result files whose content no longer matches the digest bench wrote with them
-    (``bench.integrity``); files without one (an older bench, or edited by hand) are read, with
-    a warning that names them."""
-    import sys
-
+    (``bench.integrity``); return those without one (an older bench, or edited by hand: read,
+    with a warning). Unreadable files are left to ``read_rows``, which names them."""
     from bench.integrity import CorruptFile, read_table
 
     files = [path] if path.is_file() else sorted(
@@ -77,17 +81,15 @@ def check_digests(path: Path, what: str) -> None:
         try:
             read_table(f)
         except CorruptFile as exc:
-            if "no content digest" not in exc.reason:
+            if "no content digest" in exc.reason:
+                unsigned.append(str(f))
+            elif "does not match its digest" in exc.reason:
                 raise BenchError(f"{what} '{path}': result file '{f}' is corrupt ({exc.reason}); "
                                  f"rerun its suite with --results {path} (the file is moved "
                                  f"aside and rewritten), or remove it.") from None
-            unsigned.append(str(f))
         except Exception:
-            pass  # not Parquet at all: read_rows names it below
-    if unsigned:
-        print(f"warning: {len(unsigned)} result file(s) in '{path}' carry no content digest "
-              f"(written by an older bench, or edited by hand), so they cannot be verified: "
-              f"{', '.join(unsigned[:3])}{' ...' if len(unsigned) > 3 else ''}", file=sys.stderr)
+            pass  # not Parquet at all: read_rows names it
+    return unsigned
 
 
 def _foreign_files(path: Path, columns: list[str]) -> str:
