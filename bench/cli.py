@@ -1,4 +1,4 @@
-"""Command line: bench run | plan | status | cancel | report | compare | list."""
+"""Command line: bench run | plan | status | cancel | report | leaderboard | compare | list."""
 
 from __future__ import annotations
 
@@ -125,7 +125,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.fit_min_nfe is not None and args.fit_min_nfe < 0:
         raise BenchError(f"--fit-min-nfe {args.fit_min_nfe}: must be >= 0; pass the smallest "
                          f"counted NFE to fit over, or leave it out.")
-    for p in render(args.results, out, suite=args.suite, fit_min_nfe=args.fit_min_nfe):
+    for p in render(args.results, out, suite=args.suite, fit_min_nfe=args.fit_min_nfe,
+                    formats=args.format, ci_style=args.ci):
+        print(p)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.report.leaderboard import write_leaderboard
+    from bench.report.render_md import table_md
+
+    check_folder(args.out, "--out", write=True)
+    doc, written = write_leaderboard(args.results, args.metric, args.at, slice_=args.slice,
+                                     out=args.out, formats=args.format, ci_style=args.ci,
+                                     eval_=args.eval)
+    print(table_md(doc.blocks[-1], args.ci))
+    for p in written:
         print(p)
     return 0
 
@@ -220,14 +235,34 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pl.set_defaults(func=cmd_plan)
 
-    rep = sub.add_parser("report", help="render Markdown + PNG from a results folder")
+    rep = sub.add_parser("report", help="render Markdown, HTML and LaTeX (+ PNG) from a results folder")
     rep.add_argument("results", help="results folder")
     rep.add_argument("--out", default=None, help="output folder (default: reports/<suite>)")
     rep.add_argument("--suite", default=None, help="only this suite's rows")
     rep.add_argument("--fit-min-nfe", type=int, default=None,
                      help="fit convergence slopes only over counted NFE >= this "
                           "(default: the suite's report.fit_min_nfe, else all)")
+    rep.add_argument("--format", default="md,html,latex",
+                     help="comma-separated output formats: md, html, latex (default: all three)")
+    rep.add_argument("--ci", default="brackets", choices=("brackets", "pm"),
+                     help="write intervals as 'value [low, high]' (default) or 'value ± half-width'")
     rep.set_defaults(func=cmd_report)
+
+    lb = sub.add_parser("leaderboard", help="rank (suite, model, sampler) entries of one metric "
+                        "at one NFE across results folders")
+    lb.add_argument("results", nargs="+", help="results folders or Parquet files (read together)")
+    lb.add_argument("--metric", required=True, help="the metric row to rank by, e.g. fid, rmse")
+    lb.add_argument("--at", required=True, metavar="nfe=N[,step=K]",
+                    help="the requested NFE (and optionally the step) to compare at")
+    lb.add_argument("--slice", default="all", help="the slice of the rows (default: all)")
+    lb.add_argument("--eval", default=None, help="only rows of this eval (default: any)")
+    lb.add_argument("--out", default=str(Path("reports") / "leaderboard"),
+                    help="output folder (default: reports/leaderboard)")
+    lb.add_argument("--format", default="md,html,latex",
+                    help="comma-separated output formats: md, html, latex (default: all three)")
+    lb.add_argument("--ci", default="brackets", choices=("brackets", "pm"),
+                    help="write intervals as 'value [low, high]' (default) or 'value ± half-width'")
+    lb.set_defaults(func=cmd_leaderboard)
 
     st = sub.add_parser("status", help="pending / running / done / failed cells of a run")
     st.add_argument("run", help="run id printed by 'bench run', or 'latest'")

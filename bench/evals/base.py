@@ -54,6 +54,8 @@ class Models:
 
 class Eval(ABC):
     shape: ClassVar[str] = "sharded"
+    #: "module:function" that renders this eval's rows as report blocks (bench.report.sections)
+    report_sections: ClassVar[str] = "bench.report.sections:sampled_sections"
 
     def __init__(self, **params: Any) -> None:
         self.params = params

@@ -40,6 +40,7 @@ OUTPUTS = {"nfe_to_target": Output(False, "none (the smallest reachable NFE that
                 "bisection (params: metric, output, target, nfe_min, nfe_max)")
 class NFEToTarget(Eval):
     shape = "loop"
+    report_sections = "bench.report.sections:nfe_to_target_sections"
     outputs = OUTPUTS
 
     def __init__(self, *, metric: Any = "oracle_rmse", target: float | None = None,

@@ -1,4 +1,7 @@
-"""Render reports (Markdown + PNG plots) from a results folder."""
+"""Render reports from a results folder: Markdown, self-contained HTML and LaTeX tables, with
+PNG figures. Each eval kind contributes its own sections (``Eval.report_sections``,
+``bench.report.sections``) as format-neutral blocks (``bench.report.blocks``); the renderers
+(``render_md``, ``render_html``, ``render_latex``) only lay them out."""
 
 from __future__ import annotations
 
@@ -10,10 +13,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.store import ROW_KEY
-from bench.report.galleries import render_galleries
-from bench.report.plots import nfe_plot
-from bench.report.tables import (cost_table, fmt, fmt_value, markdown_table, nonfinite_rows, slopes,
-                                  value_table)
+from bench.report.tables import fmt
 
 
 #: the row columns a report reads (every file the store writes has them all, ``ROW_SCHEMA``)
@@ -173,50 +173,72 @@ def _fit_min_nfe(results: str | Path, suite: str) -> int:
     return v
 
 
-def interval_caption(metric: str) -> str:
-    """What a metric's bracket is, as the metric declares it (``Metric.outputs``): FID a
-    jackknife/bootstrap CI, KID and IS mean -/+ std, per-sample means a t-CI."""
-    from bench.metrics.base import find_output
-
-    out = find_output(metric)
-    if out is None:
-        return f"{metric}: [ci_low, ci_high] as recorded"
-    better = {True: "higher is better", False: "lower is better", None: "no direction"}
-    return f"{metric} ({better[out.higher_is_better]}): {out.interval}"
+#: output formats of ``bench report`` (file suffix, renderer "module:function")
+FORMATS = {"md": (".md", "bench.report.render_md:render_md"),
+           "html": (".html", "bench.report.render_html:render_html"),
+           "latex": (".tex", "bench.report.render_latex:render_latex")}
 
 
-def nfe_to_target_section(df: pd.DataFrame) -> list[str]:
-    """The loop eval's results: the NFE found per (model, sampler) and how many probes it took."""
-    rows = df[(df["eval"] == "nfe_to_target") & (df["metric"] == "nfe_to_target")]
-    if rows.empty:
-        return []
-    out = []
-    for _, r in rows.sort_values(["model", "sampler"]).iterrows():
-        params = json.loads(r["eval_params"])
-        probes = df[(df["eval"] == "nfe_to_target") & (df["config_hash"] == r["config_hash"])
-                    & (df["metric"] != "nfe_to_target")].sort_values("step")
-        found = "not reached" if pd.isna(r["value"]) else f"{int(r['value'])}"
-        trail = ", ".join(f"{int(p['nfe'])}: {fmt_value(p['value'])}" for _, p in probes.iterrows())
-        out.append([str(r["model"]), str(r["sampler"]),
-                    f"{params['metric']['name']} {params['output']} "
-                    f"to {params['target']:g}",
-                    found, trail])
-    return ["## NFE to reach a target", "",
-            "Smallest NFE (bisection over the sampler's step counts in [nfe_min, nfe_max]) at which "
-            "the metric reached the target; probes in order (NFE: value).", "",
-            markdown_table(["model", "sampler", "target", "NFE", "probes"], out), ""]
+def parse_formats(spec: str | list[str] | None) -> list[str]:
+    names = FORMATS if spec is None else (spec.split(",") if isinstance(spec, str) else spec)
+    out = [f.strip() for f in names if f.strip()]
+    bad = [f for f in out if f not in FORMATS]
+    if bad or not out:
+        raise BenchError(f"--format {','.join(out) or spec!r}: unknown format(s) {bad}; use a "
+                         f"comma-separated list of {', '.join(FORMATS)} (default: all).")
+    return out
+
+
+def renderer(fmt_name: str):
+    import importlib
+
+    module, attr = FORMATS[fmt_name][1].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def section_builder(eval_name: str):
+    """The function that renders an eval's rows: the eval class names it (``report_sections``)."""
+    import importlib
+
+    from bench.registry import EVALS
+
+    target = getattr(EVALS.get(eval_name), "report_sections", "bench.report.sections:sampled_sections")
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def suite_document(results: Path, sdf: pd.DataFrame, ctx, superseded: int = 0):
+    """One suite's report as blocks: the provenance header, then each eval's sections (in eval
+    name order), then the sample galleries."""
+    from bench.report.blocks import Document, Text
+    from bench.report.sections import gallery_sections, provenance
+
+    doc = Document(f"Report: {ctx.suite}", provenance(sdf))
+    if superseded:
+        doc.blocks.append(Text(f"{superseded} older row(s) of the same cells (an earlier run with "
+                               "other code or settings) are left out; the newest row of each cell "
+                               "is shown."))
+    for eval_name, edf in sdf.groupby("eval", sort=True):
+        doc.blocks += section_builder(str(eval_name))(edf, ctx)
+    doc.blocks += gallery_sections(ctx)
+    return doc
 
 
 def render(results: str | Path, out: str | Path, suite: str | None = None,
-           fit_min_nfe: int | None = None) -> list[Path]:
-    """Write ``out/<suite>.md`` and one PNG per (model, metric); return the written paths.
+           fit_min_nfe: int | None = None, formats: str | list[str] | None = None,
+           ci_style: str = "brackets") -> list[Path]:
+    """Write ``out/<suite>.{md,html,tex}`` and the PNG figures; return the written paths.
 
     ``fit_min_nfe`` defaults to the suite's ``report: {fit_min_nfe: N}``, else 0.
     """
     from bench.registry import load_all
-    from bench.samplers import sampler_info
+    from bench.report.blocks import CI_STYLES
+    from bench.report.sections import ReportContext
 
     load_all()
+    fmts = parse_formats(formats)
+    if ci_style not in CI_STYLES:
+        raise BenchError(f"--ci {ci_style!r}: use one of {', '.join(CI_STYLES)}.")
     df = load_results(results, suite)
     min_nfes = {name: fit_min_nfe if fit_min_nfe is not None else _fit_min_nfe(results, name)
                 for name in sorted(df["suite"].unique())}  # checked before anything is written
@@ -224,61 +246,16 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for suite_name, sdf in df.groupby("suite", sort=True):
-        min_nfe = min_nfes[suite_name]
-        md = [f"# Report: {suite_name}", ""]
-        runs = sorted(sdf["run_id"].unique())
-        md += [f"{len(sdf)} result rows from run(s) {', '.join(runs)}; "
-               + "; ".join(f"{label} {', '.join(sorted(sdf[col].astype(str).unique()))}"
-                           for label, col in (("git", "git_revision"), ("torch", "torch_version"),
-                                              ("device", "device"), ("code hash", "code_hash")))
-               + ".", ""]
-        if n_old := df.attrs.get("superseded", {}).get(suite_name):
-            md += [f"{n_old} older row(s) of the same cells (an earlier run with other code or "
-                   "settings) are left out; the newest row of each cell is shown.", ""]
-        md += nfe_to_target_section(sdf)
-        sampled = sdf[(sdf["slice"] == "all") & (sdf["eval"] != "nfe_to_target")]
-        for (model, metric), g in sampled.groupby(["model", "metric"], sort=True):
-            md += [f"## {model} — {metric}", "",
-                   f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
-                   f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
-                   f"{interval_caption(metric)}.", "", value_table(g), ""]
-            bad = nonfinite_rows(g)
-            if len(bad):
-                md += [f"{len(bad)} value(s) are not finite (NaN or inf: "
-                       + ", ".join(f"{r['sampler']} NFE {int(r['nfe'])} = {fmt_value(r['value'])}"
-                                   for _, r in bad.sort_values(["sampler", "nfe"]).iterrows())
-                       + "); the table shows them, the plot and the slope fit leave them out.", ""]
-            fits = slopes(g, min_nfe)
-            params = dict(zip(g["sampler"], g["sampler_params"]))
-            rows = []
-            for _, f in fits.iterrows():
-                order = (sampler_info(f["sampler_name"]).order_for(json.loads(params[f["sampler"]]))
-                         if f["sampler_name"] else None)
-                theory = f"{-order}" if (order and metric == "rmse") else "–"
-                rows.append([f["sampler"], "–" if pd.isna(f["slope"]) else f"{f['slope']:.2f}", theory,
-                             f"{f['nfe_min']}–{f['nfe_max']} ({f['points']} points)"])
-            md += ["Fitted slope of log " + metric + " against log counted NFE"
-                   + (f" (NFE >= {min_nfe})" if min_nfe else "") + ":", "",
-                   markdown_table(["sampler", "slope", "theory", "NFE range"], rows), "",
-                   "Theory is the solver's order of accuracy for these parameters; stochastic "
-                   "samplers have none (their error against the ODE solution does not vanish). "
-                   "`lower_order_final` (on by default for the multistep solvers) ends with "
-                   "lower-order steps, which caps the observed slope near -2.", ""]
-            png = nfe_plot(g, f"{suite_name}: {model}", metric,
-                           out / f"{_slug(suite_name)}_{_slug(model)}_{_slug(metric)}.png")
-            written.append(png)
-            md += [f"![{metric} vs NFE]({png.name})", "", "Cost:", "", cost_table(g), ""]
-        galleries = render_galleries(Path(results), suite_name, out, _slug)
-        if galleries:
-            md += ["## Samples", "", "The first samples of each cell (same initial noise across "
-                   "samplers), one row per condition:", ""]
-            for name, png in galleries:
-                md += [f"### {name}", "", f"![samples {name}]({png.name})", ""]
-                written.append(png)
-        path = out / f"{_slug(suite_name)}.md"
-        path.write_text("\n".join(md))
-        written.insert(0, path)
+        ctx = ReportContext(Path(results), out, str(suite_name), min_nfes[suite_name], _slug)
+        doc = suite_document(Path(results), sdf, ctx,
+                             df.attrs.get("superseded", {}).get(suite_name, 0))
+        figures = [b.path for b in doc.blocks if hasattr(b, "path")]
+        for f in fmts:
+            path = out / f"{_slug(str(suite_name))}{FORMATS[f][0]}"
+            path.write_text(renderer(f)(doc, ci_style))
+            written.append(path)
+        written += figures
     return written
 
 
-__all__ = ["render", "load_results", "latest_rows", "fmt", "interval_caption"]
+__all__ = ["render", "load_results", "latest_rows", "fmt", "FORMATS"]

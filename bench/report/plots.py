@@ -1,4 +1,5 @@
-"""Log-log plots of a metric against counted NFE, one line per sampler."""
+"""Log-log plots of a metric against counted NFE, one line per sampler with its interval as a
+shaded band."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ def nfe_plot(df: pd.DataFrame, title: str, ylabel: str, path: Path) -> Path:
     for i, (sampler, g) in enumerate(df.groupby("sampler", sort=True)):
         g = g.sort_values("nfe_counted")
         g = g[np.isfinite(g["value"].to_numpy(float))]  # NaN / inf: in the table, not the plot
-        y = g["value"].to_numpy(float)
-        # a missing or infinite interval bound draws no bar on that side
-        err = [np.nan_to_num(np.clip(y - g["ci_low"].to_numpy(float), 0, None), nan=0, posinf=0),
-               np.nan_to_num(np.clip(g["ci_high"].to_numpy(float) - y, 0, None), nan=0, posinf=0)]
-        ax.errorbar(g["nfe_counted"], y, yerr=err, marker=markers[i // 10 % 4], ms=4,
-                    ls=styles[i // 10 % 4], capsize=3, label=str(sampler))
+        x, y = g["nfe_counted"].to_numpy(float), g["value"].to_numpy(float)
+        # the interval as a band; a missing or infinite bound (or one <= 0 on the log axis)
+        # draws the band to the value on that side
+        lo, hi = g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float)
+        lo = np.where(np.isfinite(lo) & (lo > 0) & (lo <= y), lo, y)
+        hi = np.where(np.isfinite(hi) & (hi >= y), hi, y)
+        (line,) = ax.plot(x, y, marker=markers[i // 10 % 4], ms=4, ls=styles[i // 10 % 4],
+                          label=str(sampler))
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("NFE (counted)")

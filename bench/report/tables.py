@@ -1,4 +1,4 @@
-"""Markdown tables and convergence-slope fits from result rows."""
+"""Number formatting, Markdown tables and convergence-slope fits from result rows."""
 
 from __future__ import annotations
 
@@ -34,26 +34,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def value_table(df: pd.DataFrame) -> str:
-    """Sampler x requested NFE: 'value [ci_low, ci_high]', with the counted NFE if it differs."""
-    nfes = sorted(df["nfe"].unique())
-    rows = []
-    for sampler, g in df.groupby("sampler", sort=True):
-        cells = []
-        for n in nfes:
-            r = g[g["nfe"] == n]
-            if r.empty:
-                cells.append("–")
-                continue
-            r = r.iloc[0]
-            txt = f"{fmt_value(r['value'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
-            if int(r["nfe_counted"]) != int(n):
-                txt += f" (NFE {int(r['nfe_counted'])})"
-            cells.append(txt)
-        rows.append([str(sampler)] + cells)
-    return markdown_table(["sampler"] + [f"NFE {n}" for n in nfes], rows)
-
-
 def fit_slope(nfe: np.ndarray, value: np.ndarray) -> float:
     """Least-squares slope of log(value) against log(NFE)."""
     ok = (nfe > 0) & (value > 0) & np.isfinite(value)
@@ -73,14 +53,3 @@ def slopes(df: pd.DataFrame, min_nfe: int = 0) -> pd.DataFrame:
                     "nfe_min": int(g["nfe_counted"].min()) if len(g) else 0,
                     "nfe_max": int(g["nfe_counted"].max()) if len(g) else 0, "points": len(g)})
     return pd.DataFrame(out)
-
-
-def cost_table(df: pd.DataFrame) -> str:
-    rows = []
-    for _, r in df.sort_values(["sampler", "nfe"]).iterrows():
-        share = r["model_s"] / r["wall_s"] if r["wall_s"] else float("nan")
-        rows.append([str(r["sampler"]), str(int(r["nfe"])), str(int(r["nfe_counted"])),
-                     str(int(r["n_samples"])), fmt(r["wall_s"]), fmt(r["samples_per_s"]),
-                     f"{100 * share:.0f}%" if math.isfinite(share) else "–"])
-    return markdown_table(["sampler", "NFE", "counted NFE", "samples", "wall s", "samples/s",
-                           "time in model"], rows)

@@ -1,0 +1,169 @@
+"""Report sections: the blocks each eval kind contributes (``Eval.report_sections`` names one of
+these functions, or a function of the eval's own module), and the shared provenance header.
+
+A section gets the suite's newest rows of one eval and a :class:`ReportContext`, and returns
+blocks (``bench.report.blocks``); it writes its figures into ``ctx.out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from bench.report.blocks import Block, Figure, Heading, Table, Text, Value, mark_best
+from bench.report.tables import fmt, fmt_value, nonfinite_rows, slopes
+
+
+@dataclass
+class ReportContext:
+    results: Path
+    out: Path
+    suite: str
+    fit_min_nfe: int
+    slug: Callable[[str], str]
+
+
+def direction(metric: str) -> bool | None:
+    from bench.metrics.base import find_output
+
+    out = find_output(metric)
+    return None if out is None else out.higher_is_better
+
+
+def interval_caption(metric: str) -> str:
+    """What a metric's bracket is, as the metric declares it (``Metric.outputs``)."""
+    from bench.metrics.base import find_output
+
+    out = find_output(metric)
+    if out is None:
+        return f"{metric}: [ci_low, ci_high] as recorded"
+    better = {True: "higher is better", False: "lower is better", None: "no direction"}
+    return f"{metric} ({better[out.higher_is_better]}): {out.interval}"
+
+
+def provenance(sdf: pd.DataFrame) -> dict[str, str]:
+    """What made the rows: runs, versions, revisions, code hashes, devices, weights, references."""
+    def vals(col: str) -> str:
+        if col not in sdf:
+            return "–"
+        v = sorted({str(x) for x in sdf[col].dropna().unique() if str(x)})
+        return ", ".join(v) or "–"
+
+    return {"rows": str(len(sdf)), "runs": vals("run_id"), "bench": vals("bench_version"),
+            "git revision": vals("git_revision"), "torch": vals("torch_version"),
+            "python": vals("python_version"), "device": vals("device"),
+            "code hash": vals("code_hash"), "model weights": vals("model_hash"),
+            "feature extractor weights": vals("weights_sha256"), "reference statistics": vals("ref_id")}
+
+
+def value_table(g: pd.DataFrame, metric: str) -> Table:
+    """Sampler x requested NFE of one metric: values with their intervals, best marked."""
+    nfes = sorted(g["nfe"].unique())
+    rows: list[list[Any]] = []
+    for sampler, s in g.groupby("sampler", sort=True):
+        cells: list[Any] = [str(sampler)]
+        for n in nfes:
+            r = s[s["nfe"] == n]
+            if r.empty:
+                cells.append("–")
+                continue
+            r = r.iloc[0]
+            note = f"(NFE {int(r['nfe_counted'])})" if int(r["nfe_counted"]) != int(n) else ""
+            cells.append(Value(float(r["value"]), float(r["ci_low"]), float(r["ci_high"]), note))
+        rows.append(cells)
+    return mark_best(Table(["sampler"] + [f"NFE {n}" for n in nfes], rows,
+                           caption=interval_caption(metric), higher_is_better=direction(metric),
+                           key=metric))
+
+
+def cost_table(g: pd.DataFrame) -> Table:
+    rows = []
+    for _, r in g.sort_values(["sampler", "nfe"]).iterrows():
+        share = r["model_s"] / r["wall_s"] if r["wall_s"] else float("nan")
+        rows.append([str(r["sampler"]), str(int(r["nfe"])), str(int(r["nfe_counted"])),
+                     str(int(r["n_samples"])), fmt(r["wall_s"]), fmt(r["samples_per_s"]),
+                     f"{100 * share:.0f}%" if math.isfinite(share) else "–"])
+    return Table(["sampler", "NFE", "counted NFE", "samples", "wall s", "samples/s",
+                  "time in model"], rows, caption="Cost of each cell.", key="cost")
+
+
+def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
+    """Sharded evals (nfe_curve, fidelity): per (model, metric) a sampler x NFE table, the fitted
+    convergence slopes, a log-log plot with interval bands, and the cost."""
+    from bench.report.plots import nfe_plot
+    from bench.samplers import sampler_info
+
+    out: list[Block] = []
+    sampled = sdf[sdf["slice"] == "all"]
+    for (model, metric), g in sampled.groupby(["model", "metric"], sort=True):
+        out += [Heading(f"{model} — {metric}"),
+                Text(f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
+                     f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
+                     f"{interval_caption(metric)}."),
+                value_table(g, metric)]
+        bad = nonfinite_rows(g)
+        if len(bad):
+            out.append(Text(f"{len(bad)} value(s) are not finite (NaN or inf: " + ", ".join(
+                f"{r['sampler']} NFE {int(r['nfe'])} = {fmt_value(r['value'])}"
+                for _, r in bad.sort_values(["sampler", "nfe"]).iterrows())
+                + "); the table shows them, the plot and the slope fit leave them out."))
+        fits = slopes(g, ctx.fit_min_nfe)
+        params = dict(zip(g["sampler"], g["sampler_params"]))
+        rows = []
+        for _, f in fits.iterrows():
+            order = (sampler_info(f["sampler_name"]).order_for(json.loads(params[f["sampler"]]))
+                     if f["sampler_name"] else None)
+            theory = f"{-order}" if (order and metric == "rmse") else "–"
+            rows.append([f["sampler"], "–" if pd.isna(f["slope"]) else f"{f['slope']:.2f}", theory,
+                         f"{f['nfe_min']}–{f['nfe_max']} ({f['points']} points)"])
+        out += [Table(["sampler", "slope", "theory", "NFE range"], rows, key=f"{metric}-slopes",
+                      caption="Fitted slope of log " + metric + " against log counted NFE"
+                      + (f" (NFE >= {ctx.fit_min_nfe})" if ctx.fit_min_nfe else "") + ". Theory is "
+                      "the solver's order of accuracy for these parameters; stochastic samplers "
+                      "have none. `lower_order_final` (on by default for the multistep solvers) "
+                      "ends with lower-order steps, which caps the observed slope near -2.")]
+        png = nfe_plot(g, f"{ctx.suite}: {model}", metric,
+                       ctx.out / f"{ctx.slug(ctx.suite)}_{ctx.slug(model)}_{ctx.slug(metric)}.png")
+        out += [Figure(png, f"{metric} against counted NFE (log-log); bands: "
+                       f"{interval_caption(metric).split(': ', 1)[-1]}"), cost_table(g)]
+    return out
+
+
+def nfe_to_target_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
+    """The loop eval: the NFE found per (model, sampler) and the probes that found it."""
+    rows = sdf[sdf["metric"] == "nfe_to_target"]
+    if rows.empty:
+        return []
+    out = []
+    for _, r in rows.sort_values(["model", "sampler"]).iterrows():
+        params = json.loads(r["eval_params"])
+        probes = sdf[(sdf["config_hash"] == r["config_hash"])
+                     & (sdf["metric"] != "nfe_to_target")].sort_values("step")
+        found = "not reached" if pd.isna(r["value"]) else f"{int(r['value'])}"
+        trail = ", ".join(f"{int(p['nfe'])}: {fmt_value(p['value'])}" for _, p in probes.iterrows())
+        out.append([str(r["model"]), str(r["sampler"]),
+                    f"{params['metric']['name']} {params['output']} to {params['target']:g}",
+                    found, trail])
+    return [Heading("NFE to reach a target"),
+            Table(["model", "sampler", "target", "NFE", "probes"], out, key="nfe-to-target",
+                  caption="Smallest NFE (bisection over the sampler's step counts in [nfe_min, "
+                          "nfe_max]) at which the metric reached the target; probes in order "
+                          "(NFE: value).")]
+
+
+def gallery_sections(ctx: ReportContext) -> list[Block]:
+    from bench.report.galleries import render_galleries
+
+    galleries = render_galleries(ctx.results, ctx.suite, ctx.out, ctx.slug)
+    if not galleries:
+        return []
+    out: list[Block] = [Heading("Samples"), Text("The first samples of each cell (same initial "
+                                                 "noise across samplers), one row per condition.")]
+    for name, png in galleries:
+        out += [Heading(name, 3), Figure(png, f"samples: {name}")]
+    return out
