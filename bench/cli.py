@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     for note in rounding_notes(suite, shards):
         print(f"note: {note}", file=sys.stderr)
-    summary = run_suite(suite, args.results, executor=args.executor, jobs=args.jobs)
+    summary = run_suite(suite, args.results, executor=args.executor, jobs=args.jobs, shards=shards)
     print(summary.line())
     for f in summary.failed:
         print(f"failed: {f['key']}: {f['error']} (traceback in {args.results}/_failed/{f['key']}.json)")

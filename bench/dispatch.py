@@ -94,11 +94,7 @@ def make_executor(name: str, folder: Path, params: dict[str, Any]):  # -> submit
         ex.update_parameters(timeout_min=int(params.get("timeout_min", 24 * 60)))
         return ex
     if name == "slurm":
-        ex = submitit.AutoExecutor(folder, cluster="slurm")
-        unknown = set(params) - set(SLURM_KEYS) - {"name", "jobs"}
-        if unknown:
-            raise BenchError(f"executor: unknown slurm parameter(s) {sorted(unknown)}; "
-                             f"use: {', '.join(sorted(SLURM_KEYS))}.")
+        ex = submitit.AutoExecutor(folder, cluster="slurm")  # params: check_executor
         ex.update_parameters(**{SLURM_KEYS[k]: v for k, v in params.items() if k in SLURM_KEYS})
         return ex
     raise BenchError(f"executor: unknown executor {name!r}; use one of {', '.join(EXECUTORS)}.")
@@ -181,15 +177,16 @@ def _job_count(name: str, params: dict[str, Any], jobs: int | None, pending: int
 
 
 def run_suite(suite: Suite, results: str | Path, executor: str | None = None,
-              executor_params: dict[str, Any] | None = None, jobs: int | None = None) -> RunSummary:
-    """Plan, compute the missing shards, finalize complete groups, write a run manifest."""
+              executor_params: dict[str, Any] | None = None, jobs: int | None = None,
+              shards: list[Shard] | None = None) -> RunSummary:
+    """Plan (unless ``shards``, the suite's plan, is given), compute the missing shards,
+    finalize complete groups, write a run manifest."""
     t0 = time.perf_counter()
     params = {**suite["executor"], **(executor_params or {})}
+    check_executor(suite.source, params, executor)
     name = executor or params.get("name") or "debug"
     params = {k: v for k, v in params.items() if k != "name"}
-    if name not in EXECUTORS:
-        raise BenchError(f"executor: unknown executor {name!r}; use one of {', '.join(EXECUTORS)}.")
-    cells = plan(suite)
+    cells = shards if shards is not None else plan(suite)
     store = ResultStore(results)
     run_id = new_run_id()
     summary = RunSummary(run_id, len(cells))

@@ -23,7 +23,7 @@ from bench.models.diffusers_adapter import DiffusersAdapter
 from bench.registry import SAMPLERS
 from bench.samplers.schedules import make_grid
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402  (a core dependency)
 
 
 def tiny_unet(num_class_embeds: int | None = 11, size: int = 8) -> "diffusers.UNet2DModel":

@@ -20,7 +20,7 @@ MEAN_STD = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.2
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """open_clip hub layout: open_clip_config.json + open_clip_pytorch_model.bin (random ViT)."""
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip  # the test extra installs it
     d = tmp_path_factory.mktemp("clip")
     cfg = {"model_cfg": {"embed_dim": 16,
                          "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
@@ -38,7 +38,7 @@ def clip_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dinov2_dir(tmp_path_factory):
     """Hugging Face layout: config.json + model.safetensors (+ preprocessor_config.json)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the test extra installs it
     d = tmp_path_factory.mktemp("dinov2")
     torch.manual_seed(0)
     cfg = transformers.Dinov2Config(hidden_size=24, num_hidden_layers=2, num_attention_heads=2,

@@ -124,8 +124,7 @@ def test_missing_results_folder(cli, tmp_path):
     assert code == 2 and "RESULTS" in err and "does not exist" in err
 
 
-def test_html_when_its_renderer_exists(cli, two_results, tmp_path):
-    pytest.importorskip("bench.report.render_html")
+def test_html_leaderboard(cli, two_results, tmp_path):
     res_a, res_b = two_results
     code, _, err = cli("leaderboard", res_a, res_b, "--metric", "rmse", "--at", "nfe=10",
                        "--out", tmp_path / "lb", "--ci", "pm")

@@ -15,7 +15,6 @@ import torch
 from bench.errors import BenchError
 from bench.train import CONFIG_DIR, TrainConfig, train
 
-pytest.importorskip("diffusers")
 SHIPPED = Path(__file__).resolve().parent.parent / "bench" / "checkpoints"
 K = 4  # first losses compared
 # Per-loss relative tolerance against the cards' first losses. Both configs train under bf16

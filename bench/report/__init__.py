@@ -207,7 +207,7 @@ def section_builder(eval_name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def suite_document(results: Path, sdf: pd.DataFrame, ctx, superseded: int = 0):
+def suite_document(sdf: pd.DataFrame, ctx, superseded: int = 0):
     """One suite's report as blocks: the provenance header, then each eval's sections (in eval
     name order), then the sample galleries."""
     from bench.report.blocks import Document, Text
@@ -247,7 +247,7 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     written: list[Path] = []
     for suite_name, sdf in df.groupby("suite", sort=True):
         ctx = ReportContext(Path(results), out, str(suite_name), min_nfes[suite_name], _slug)
-        doc = suite_document(Path(results), sdf, ctx,
+        doc = suite_document(sdf, ctx,
                              df.attrs.get("superseded", {}).get(suite_name, 0))
         figures = [b.path for b in doc.blocks if hasattr(b, "path")]
         for f in fmts:

@@ -9,13 +9,13 @@ import pandas as pd
 
 
 def fmt(v: float, nan: str = "–") -> str:
-    """A number in 3 significant digits; ``nan`` for NaN/None (a missing interval shows '–'),
-    'inf' / '-inf' for infinities."""
+    """A number in 3 significant digits (``blocks.sig``); ``nan`` for NaN/None (a missing
+    interval shows '–'), 'inf' / '-inf' for infinities."""
+    from bench.report.blocks import sig
+
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return nan
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.2e}"
+    return sig(v)
 
 
 def fmt_value(v: float) -> str:
