@@ -256,6 +256,19 @@ class GMMOracle(ModelAdapter):
             z = torch.einsum("nij,nj->ni", self.U[comp], z)
         return (self.mu[comp] + z).reshape(n, *self.shape)
 
+    def log_density(self, x: Tensor, s: float | Tensor, cond: int | None = None) -> Tensor:
+        """Closed-form float64 ``log p_s(x)`` per sample of the data-scaled noisy marginal
+        ``sum_k w_k N(mu_k, Sigma_k + s^2 I)`` (``s = 0``: the data density; of component
+        ``cond`` alone, weight 1, if given); ``s`` a float or a per-sample tensor."""
+        if cond is not None and not 0 <= int(cond) < len(self.w):
+            raise ValueError(f"gmm: cond={cond} is not a component index; use 0..{len(self.w) - 1}.")
+        flat = x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1)
+        s = torch.as_tensor(s, dtype=torch.float64).to("cpu").reshape(-1).expand(flat.shape[0])
+        logps = [logp if cond is None else logp - torch.log(self.w[k])
+                 for k, logp, _, _ in _components(self, flat, s, cond)]
+        out = torch.logsumexp(torch.stack(logps, 1), 1) - 0.5 * flat.shape[1] * np.log(2 * np.pi)
+        return out.to(x.device)
+
     def decode(self, x0: Tensor) -> Tensor:
         return ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
