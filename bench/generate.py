@@ -100,6 +100,7 @@ class Generation:
     network_calls: int = 0         # forward passes of the network
     timings: dict[str, float] = field(default_factory=dict)  # sample_s, model_s, decode_s
     cache: dict[Any, Any] = field(default_factory=dict)  # per-batch memo shared by metrics
+    cond: Cond | None = None       # the encoded conditions the network was given
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -151,12 +152,24 @@ def generate(model: LoadedModel, sampler: SamplerSpec, indices: Sequence[int], s
     gen = Generation(idx, np.array(noise.seeds, dtype=np.int64),
                      list(conditions) if conditions is not None else None, x, out, sigmas,
                      extras=extras, nfe=counted.nfe, network_calls=counted.network_calls,
-                     timings={"sample_s": t1 - t0, "model_s": counted.model_s, "decode_s": 0.0})
+                     timings={"sample_s": t1 - t0, "model_s": counted.model_s, "decode_s": 0.0},
+                     cond=cond)
     gen.finite = torch.isfinite(out.reshape(len(idx), -1)).all(1).cpu().numpy()
     if decode:
         gen.images = decode_finite(adapter, out, gen.finite)
         gen.timings["decode_s"] = time.perf_counter() - t1
     return gen
+
+
+def solve_from(model: LoadedModel, name: str, params: dict[str, Any], x: Tensor, sigmas: Tensor,
+               cond: Cond | None = None) -> Tensor:
+    """Deterministic sampler ``name`` from a given start ``x`` at ``sigmas[0]`` along ``sigmas``,
+    uncounted and without a noise source: reference solutions of a model's ODE
+    (``bench.metrics.reference``)."""
+    with torch.no_grad():
+        out = SAMPLERS.get(name)(model.denoiser, x, sigmas.to(x.device), cond=cond, noise=None,
+                                 **params)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def decode_finite(adapter: Any, samples: Tensor, finite: np.ndarray) -> Tensor:

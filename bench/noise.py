@@ -31,6 +31,16 @@ class NoiseSource:
         self.seeds = [sample_seed(seed, i) for i in self.indices]
         self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
 
+    @classmethod
+    def of_streams(cls, stream_seeds: Sequence[int], device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float64) -> "NoiseSource":
+        """The streams of known per-sample seeds (``Generation.seeds``), e.g. to redraw a
+        sample's initial noise exactly."""
+        out = cls(0, [], device, dtype)
+        out.seeds = [int(s) for s in stream_seeds]
+        out.generators = [torch.Generator().manual_seed(s) for s in out.seeds]
+        return out
+
     def randn(self, shape: Sequence[int]) -> Tensor:
         """A [batch, *shape] standard normal draw, one row per sample stream."""
         out = torch.empty((len(self.generators), *shape), dtype=torch.float64)

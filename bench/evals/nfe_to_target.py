@@ -110,7 +110,8 @@ class NFEToTarget(Eval):
             if steps not in known:
                 t0 = time.perf_counter()
                 spec = SamplerSpec.from_dict(shard.sampler, steps)
-                metric = cls(MetricContext(loaded.adapter, loaded.device, cache_dir, self.spec.params))
+                metric = cls(MetricContext(loaded.adapter, loaded.device, cache_dir, self.spec.params,
+                                            model=loaded))
                 acc, nfe = None, 0
                 for gen in sample_batches(loaded, spec, shard.start, shard.stop, shard.batch_size,
                                           shard.seed, shard.conditions, cls.needs_images,

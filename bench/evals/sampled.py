@@ -163,7 +163,8 @@ class SampledEval(Eval):
 
     def make_metrics(self, loaded: LoadedModel, cache_dir: Any) -> dict[str, Metric]:
         return {s.name: METRICS.get(s.name)(MetricContext(loaded.adapter, loaded.device, cache_dir,
-                                                          params=s.params)) for s in self.specs}
+                                                          params=s.params, model=loaded))
+                for s in self.specs}
 
     def run_shard(self, shard: Any, models: Models, cache_dir: Any = None,
                   progress: Any = None) -> ShardResult:

@@ -30,6 +30,9 @@ class Output:
     #: what a NaN value of this row means when it is an outcome, not a failure (e.g. "the
     #: target was not reached"); empty: a NaN is a failure (run exit 1, compare NON-FINITE)
     nan_means: str = ""
+    #: an error against an exact or reference ODE solution: its slope against NFE is the
+    #: solver's order of accuracy (reports print the theory beside the fitted slope)
+    convergence: bool = False
 
 
 #: the interval of a mean over per-sample values (``mean_ci``)
@@ -43,6 +46,8 @@ class MetricContext:
     cache_dir: Path | None = None
     #: the metric's own parameters (suite: ``metrics: [{name: fid, params: {ref: ...}}]``)
     params: dict[str, Any] | None = None
+    #: the loaded model (``bench.generate.LoadedModel``), for metrics that run it (ref_rmse)
+    model: Any = None
 
 
 class Metric(ABC):

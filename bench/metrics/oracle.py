@@ -17,7 +17,8 @@ from bench.registry import METRICS
 @METRICS.register("oracle_rmse", "RMSE per dimension between each sample and the exact PF-ODE "
                   "solution from the same initial noise (oracle models); mean and 95% t-CI")
 class OracleRMSE(Metric):
-    outputs = {"rmse": Output(False, MEAN_CI, "RMSE per dimension against the exact ODE solution")}
+    outputs = {"rmse": Output(False, MEAN_CI, "RMSE per dimension against the exact ODE solution",
+                                 convergence=True)}
 
     def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(ctx)

@@ -97,6 +97,7 @@ def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     convergence slopes, a log-log plot with interval bands, and the cost."""
     from bench.report.plots import nfe_plot
     from bench.samplers import sampler_info
+    from bench.metrics.base import find_output
 
     out: list[Block] = []
     sampled = sdf[sdf["slice"] == "all"]
@@ -114,11 +115,13 @@ def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
                 + "); the table shows them, the plot and the slope fit leave them out."))
         fits = slopes(g, ctx.fit_min_nfe)
         params = dict(zip(g["sampler"], g["sampler_params"]))
+        declared = find_output(metric)
+        converges = declared is not None and declared.convergence
         rows = []
         for _, f in fits.iterrows():
             order = (sampler_info(f["sampler_name"]).order_for(json.loads(params[f["sampler"]]))
                      if f["sampler_name"] else None)
-            theory = f"{-order}" if (order and metric == "rmse") else "–"
+            theory = f"{-order}" if (order and converges) else "–"
             rows.append([f["sampler"], "–" if pd.isna(f["slope"]) else f"{f['slope']:.2f}", theory,
                          f"{f['nfe_min']}–{f['nfe_max']} ({f['points']} points)"])
         out += [Table(["sampler", "slope", "theory", "NFE range"], rows, key=f"{metric}-slopes",
