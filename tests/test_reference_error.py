@@ -54,19 +54,26 @@ def test_the_reference_itself_converges_at_its_order():
     lm = LoadedModel.load({"name": "gmm", "params": GMM["params"]}, torch.device("cpu"))
     gen = generate(lm, SamplerSpec("ddim", {}, {"name": "time_uniform"}, 4), np.arange(8), 0)
     truth = lm.adapter.ode_solution(gen.x_start, float(gen.sigmas[0]), float(gen.sigmas[-1]))
-    err = [float((solve_from(lm, "dpm_solver_3", {}, gen.x_start, reference_grid(gen.sigmas, n))
-                  - truth).pow(2).mean().sqrt()) for n in (10, 20, 40)]
-    assert err[0] / err[1] > 5 and err[1] / err[2] > 5, err
+    sched = lm.denoiser.schedule
+    for kind in ("time_uniform", "logsnr"):
+        err = [float((solve_from(lm, "dpm_solver_3", {}, gen.x_start,
+                                 reference_grid(gen.sigmas, n, sched, kind))
+                      - truth).pow(2).mean().sqrt()) for n in (40, 80, 160)]
+        assert err[0] / err[1] > 5 and err[1] / err[2] > 5, (kind, err)
 
 
-def test_reference_grid_keeps_the_end_points_and_a_final_denoising_step():
+@pytest.mark.parametrize("kind", ["time_uniform", "logsnr"])
+def test_reference_grid_keeps_the_end_points_and_a_final_denoising_step(kind):
+    from bench.samplers.schedules import make_schedule
+
+    sched = make_schedule("discrete")
     sig = torch.tensor([80.0, 5.0, 0.5, 0.02, 0.0], dtype=torch.float64)
-    g = reference_grid(sig, 10)
+    g = reference_grid(sig, 10, sched, kind)
     assert len(g) == 12 and float(g[0]) == 80.0 and float(g[-2]) == 0.02 and float(g[-1]) == 0.0
     assert bool((g[:-1].diff() < 0).all())
-    lam = -torch.log(g[:-1])
-    assert torch.allclose(lam.diff(), lam.diff()[0].expand(10))
-    g2 = reference_grid(sig[:-1], 10)
+    even = -torch.log(g[:-1]) if kind == "logsnr" else sched.t_of_s(g[:-1])
+    assert torch.allclose(even.diff(), even.diff()[0].expand(10), rtol=1e-6)
+    g2 = reference_grid(sig[:-1], 10, sched, kind)
     assert len(g2) == 11 and float(g2[-1]) == 0.02
 
 
@@ -77,6 +84,7 @@ def test_reference_grid_keeps_the_end_points_and_a_final_denoising_step():
     ({"ref_nfe": "many"}, "ref_nfe"),
     ({"ref_params": [1]}, "ref_params"),
     ({"ref_steps": 10}, "ref_steps"),
+    ({"ref_grid": "karras"}, "ref_grid"),
 ])
 def test_bad_reference_settings_fail_plan(cli, write_suite, params, field):
     suite = ref_suite()
