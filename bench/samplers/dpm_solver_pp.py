@@ -11,8 +11,11 @@ divided by ``alpha_t`` (data-scaled frame, ``s = sigma / alpha = e^{-lambda}``) 
 ``s = 0`` (``h = inf``) is the single denoising evaluation ``x = x0``.
 
 ``lower_order_final`` (default on, as in dpm-solver and diffusers) lowers the order of the last
-steps to the number of steps left, ``min(order, n - i)``, which keeps few-step sampling stable;
-dpm-solver applies it below 10 steps and diffusers below 15, here whenever it is on.
+steps to the number of steps left, ``min(order, n - i)``, which keeps few-step sampling stable,
+and only on grids of fewer than ``lower_order_below`` steps: 15 by default, as diffusers'
+``DPMSolverMultistepScheduler`` (dpm-solver's own code uses 10; ``lower_order_below: null``
+lowers at any number of steps). Above the threshold the solver keeps its order to the end, so
+its error converges at that order instead of being capped by a first-order last step.
 """
 
 from __future__ import annotations
@@ -57,13 +60,27 @@ def _multistep_update(x: Tensor, s: Tensor, t: Tensor, hist: list[tuple[Tensor, 
     return x_t + phi_2 * d1 - phi_3 * second
 
 
+def lowers_final_order(name: str, steps: int, lower_order_final: bool,
+                       lower_order_below: int | None) -> bool:
+    """Whether a multistep solver lowers the order of its last steps on a grid of ``steps``
+    steps: ``lower_order_final`` on and, when a threshold is given, ``steps < lower_order_below``
+    (diffusers' DPMSolverMultistep: 15, dpm-solver: 10; UniPC and diffusers' UniPC: always)."""
+    if lower_order_below is not None and (isinstance(lower_order_below, bool) or
+                                          not isinstance(lower_order_below, int) or
+                                          lower_order_below < 1):
+        raise ValueError(f"{name}: lower_order_below={lower_order_below!r} must be a whole number "
+                         f">= 1 (15 as diffusers, 10 as dpm-solver) or null (at any step count).")
+    return bool(lower_order_final) and (lower_order_below is None or steps < lower_order_below)
+
+
 def _multistep(name: str, model: Denoiser, x: Tensor, sigmas: Tensor, order: int,
                callback: Callable | None, lower_order_final: bool, solver_type: str,
-               d2: str = "taylor", cond: Any = None) -> Tensor:
+               d2: str = "taylor", cond: Any = None, lower_order_below: int | None = 15) -> Tensor:
     check_choice(name, "solver_type", solver_type, SOLVER_TYPES)
     check_choice(name, "d2", d2, D2_CHOICES)
     ones = x.new_ones(x.shape[0])
     n = len(sigmas) - 1
+    lower_order_final = lowers_final_order(name, n, lower_order_final, lower_order_below)
     hist: list[tuple[Tensor, Tensor]] = []
     for i in range(n):
         s, t = sigmas[i], sigmas[i + 1]
@@ -85,11 +102,11 @@ def _multistep(name: str, model: Denoiser, x: Tensor, sigmas: Tensor, order: int
 def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
                     noise: NoiseSource | None = None,
                     callback: Callable | None = None, lower_order_final: bool = True,
-                    solver_type: str = "dpmsolver") -> Tensor:
+                    solver_type: str = "dpmsolver", lower_order_below: int | None = 15) -> Tensor:
     """First step first order (no history yet), then 2M with r = h_{i-1} / h_i. solver_type
     ``dpmsolver`` is the paper's (k-diffusion's sample_dpmpp_2m, diffusers' ``midpoint``)."""
     return _multistep("dpmpp_2m", model, x, sigmas, 2, callback, lower_order_final, solver_type,
-                      cond=cond)
+                      cond=cond, lower_order_below=lower_order_below)
 
 
 @register_sampler("dpmpp_3m", order=lambda p: 2 if p.get("d2") == "half" else 3, evals_per_step=1, grid={"name": "logsnr"},
@@ -99,7 +116,8 @@ def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = N
 def sample_dpmpp_3m(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
                     noise: NoiseSource | None = None,
                     callback: Callable | None = None, lower_order_final: bool = True,
-                    solver_type: str = "dpmsolver", d2: str = "taylor") -> Tensor:
+                    solver_type: str = "dpmsolver", d2: str = "taylor",
+                    lower_order_below: int | None = 15) -> Tensor:
     """Warm-up with orders 1 and 2, then 3M; solver_type applies to the order-2 steps.
 
     The third-order update is ``x_t = (s_t/s) x - phi_1 m0 + phi_2 D1 - phi_3 D2`` with
@@ -113,7 +131,7 @@ def sample_dpmpp_3m(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = N
     error: that variant converges with order 2 (tests/test_samplers_order.py measures both).
     """
     return _multistep("dpmpp_3m", model, x, sigmas, 3, callback, lower_order_final, solver_type,
-                      d2, cond)
+                      d2, cond, lower_order_below)
 
 
 @register_sampler("dpmpp_2s", order=2, evals_per_step=2, grid={"name": "logsnr"},

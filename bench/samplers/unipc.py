@@ -68,8 +68,13 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None
                  noise: NoiseSource | None = None,
                  callback: Callable | None = None, order: int = 2, variant: str = "bh2",
                  prediction: str = "data", corrector: bool = True,
-                 lower_order_final: bool = True) -> Tensor:
-    """``order`` is the predictor order p (order of accuracy p + 1 with the corrector). ``corrector: false`` gives plain UniP-p (order p)."""
+                 lower_order_final: bool = True, lower_order_below: int | None = None) -> Tensor:
+    """``order`` is the predictor order p (order of accuracy p + 1 with the corrector).
+    ``corrector: false`` gives plain UniP-p (order p). ``lower_order_final`` lowers the order
+    of the last steps at any number of steps, as UniPC's code and diffusers' UniPCMultistep do
+    (``lower_order_below: N`` only on grids of fewer than N steps)."""
+    from bench.samplers.dpm_solver_pp import lowers_final_order
+
     if order not in (1, 2, 3):
         raise ValueError(f"unipc: order={order!r} is not supported; use 1, 2 or 3.")
     check_choice("unipc", "variant", variant, VARIANTS)
@@ -77,6 +82,7 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None
     data = prediction == "data"
     ones = x.new_ones(x.shape[0])
     n = len(sigmas) - 1
+    lower_order_final = lowers_final_order("unipc", n, lower_order_final, lower_order_below)
 
     def evaluate(xx: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         x0 = model(xx, s * ones, cond)
