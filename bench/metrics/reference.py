@@ -37,7 +37,8 @@ from torch import Tensor
 from bench.denoiser import Cond
 from bench.errors import FieldError
 from bench.integrity import checked, load_npz, npz_ok, save_npz
-from bench.metrics.base import MEAN_CI, Metric, Output, Values, merge_per_sample, mean_ci
+from bench.metrics.base import MEAN_CI, Output
+from bench.metrics.oracle import SolutionRMSE
 from bench.registry import METRICS
 
 DEFAULT_SAMPLER = "dpm_solver_3"
@@ -67,7 +68,8 @@ def reference_grid(sigmas: Tensor, steps: int, schedule: Any = None, kind: str =
 @METRICS.register("ref_rmse", "RMSE per dimension between each sample and a high-accuracy "
                   "solve of the same model's PF-ODE from the same initial noise (any model; "
                   "params: ref_sampler, ref_nfe, ref_params); cached per sample")
-class ReferenceRMSE(Metric):
+class ReferenceRMSE(SolutionRMSE):
+    row = "ref_rmse"
     outputs = {"ref_rmse": Output(False, MEAN_CI, "RMSE per dimension against a reference solve "
                                   "of the model's own PF-ODE", convergence=True)}
     param_defaults = {"ref_sampler": DEFAULT_SAMPLER, "ref_nfe": DEFAULT_NFE, "ref_params": {},
@@ -116,10 +118,6 @@ class ReferenceRMSE(Metric):
         self.settings = {"ref_sampler": self.sampler, "ref_nfe": int(p["ref_nfe"]),
                          "ref_params": self.sampler_params, "ref_grid": self.grid}
         self.reset()
-
-    def reset(self) -> None:
-        self.index: list[np.ndarray] = []
-        self.rmse: list[np.ndarray] = []
 
     @staticmethod
     def _levels(sigmas: Tensor) -> list[float]:
@@ -183,23 +181,5 @@ class ReferenceRMSE(Metric):
                     save_npz(paths[i], {"x": solved[j].detach().cpu().numpy()})
         return out
 
-    def update(self, gen: Any) -> None:
-        ref = self.reference(gen).to(torch.float64)
-        diff = (gen.samples.to(torch.float64) - ref).flatten(1)
-        self.rmse.append(diff.pow(2).mean(1).sqrt().cpu().numpy())
-        self.index.append(np.asarray(gen.indices, dtype=np.int64))
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"index": np.concatenate(self.index), "ref_rmse": np.concatenate(self.rmse)}
-
-    @staticmethod
-    def merge(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return merge_per_sample(states)
-
-    @staticmethod
-    def compute(state: dict[str, np.ndarray]) -> Values:
-        return {"ref_rmse": mean_ci(state["ref_rmse"])}
-
-    @staticmethod
-    def per_sample(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"ref_rmse": state["ref_rmse"]}
+    def target(self, gen: Any) -> Tensor:
+        return self.reference(gen)
