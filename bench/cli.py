@@ -88,6 +88,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for conds, m in zip(suite.conditions, suite.models):
         if conds.kind != "none":
             print(f"conditions of {m['label']}: {conds.summary()}")
+    for m in suite.models:
+        if "calibrate" in m:  # bench.calibration: estimated once per model, uncounted, cached
+            c = m["calibrate"]
+            print(f"calibration of {m['label']}: mean noise prediction over {c['samples']} "
+                  f"samples of {c['data']} at {c['points']} levels (seed {c['seed']}): "
+                  f"{c['samples'] * c['points']:,} model evaluations, not counted as NFE, cached "
+                  f"in {args.results}/_cache/calibration (jobs that load the model before the "
+                  f"file exists each compute it)")
     for note in rounding_notes(suite, shards):
         print(f"note: {note}")
     return 0

@@ -382,7 +382,9 @@ def finalize(suite: Suite, shards: list[Shard], store: ResultStore, run_id: str,
             continue
         base = {
             "run_id": run_id, "suite": suite.name, "model": c0.model["label"],
-            "model_name": c0.model["name"], "model_params": json.dumps(c0.model["params"], sort_keys=True),
+            "model_name": c0.model["name"],
+            "model_params": json.dumps({**c0.model["params"], **({"calibrate": c0.model["calibrate"]}
+                                        if c0.model.get("calibrate") else {})}, sort_keys=True),
             "model_hash": c0.model_hash,
             "sampler": c0.sampler["label"], "sampler_name": c0.sampler["name"],
             "sampler_params": json.dumps(c0.sampler["params"], sort_keys=True),

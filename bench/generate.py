@@ -11,9 +11,11 @@ uncertainty per sample); they travel in ``Generation.extras``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -52,9 +54,20 @@ class LoadedModel:
     _grids: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, spec: dict[str, Any], device: torch.device) -> "LoadedModel":
+    def load(cls, spec: dict[str, Any], device: torch.device,
+             cache_dir: str | Path | None = None) -> "LoadedModel":
+        """The model of a suite's model entry ``{name, params[, calibrate]}`` on ``device``.
+        ``calibrate`` (settings checked by ``bench.calibration.check_settings``) wraps it in the
+        calibrated model, its estimate cached under ``cache_dir`` (none: computed in memory)."""
         adapter = MODELS.get(spec["name"])(**spec.get("params", {}))
-        return cls(adapter, adapter.load(device), device)
+        denoiser = adapter.load(device)
+        if spec.get("calibrate"):
+            # imported by name at run time: bench.calibration's code version is part of the
+            # keys of calibrated cells only (bench.suite.cell_code_version), not of every cell
+            calibration = importlib.import_module("bench.calibration")
+            adapter, denoiser = calibration.apply(adapter, denoiser, spec["calibrate"], device,
+                                                  None if cache_dir is None else Path(cache_dir))
+        return cls(adapter, denoiser, device)
 
     @property
     def produces_images(self) -> bool:

@@ -38,7 +38,7 @@ TOP_LEVEL = {
     "device": "cpu | cuda | auto",
     "nfe": "list of requested numbers of function evaluations",
     "nfe_rounding": "error | down | up: what to do with an NFE a sampler cannot hit exactly",
-    "models": "list of model names or {name, label, params}",
+    "models": "list of model names or {name, label, params, calibrate}",
     "samplers": "list of sampler names or {name, label, params, grid}",
     "evals": "list of eval names or {name, params}",
     "conditions": "{classes: balanced|N|[..]} or {prompts: [..]|FILE, images_per_prompt, "
@@ -306,7 +306,9 @@ def _entries(src: str, field_: str, items: Any, reg: Registry, extra: tuple[str,
         entry = reg.entry(name)
         params = _check_params(src, f"{where}.params", item.get("params"), entry.params(),
                                f"{reg.kind} '{name}'")
-        out.append({"name": name, "label": str(item.get("label") or name), "params": params,
+        label = item.get("label") or (f"{name}-calibrated" if item.get("calibrate") not in
+                                      (None, False) else name)  # apart from the plain model
+        out.append({"name": name, "label": str(label), "params": params,
                     **{k: item[k] for k in extra if k in item}})
     labels = [o["label"] for o in out]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
@@ -353,7 +355,7 @@ def validate(data: dict[str, Any], source: str) -> Suite:
                              "use: fit_min_nfe (fit convergence slopes over NFE >= this).")
         _check_int(source, "report.fit_min_nfe", v, 0)
     suite = Suite(name, source, d)
-    suite.models = _entries(source, "models", d["models"], MODELS, ())
+    suite.models = _entries(source, "models", d["models"], MODELS, ("calibrate",))
     suite.samplers = _entries(source, "samplers", d["samplers"], SAMPLERS, ("grid",))
     suite.evals = _entries(source, "evals", d["evals"], EVALS, ())
     for i, s in enumerate(suite.samplers):
@@ -389,6 +391,7 @@ def validate(data: dict[str, Any], source: str) -> Suite:
         except BenchError as exc:
             raise SuiteError(source, f"models[{i}].params", str(exc),
                              "fix the model's parameters (see 'bench list models').") from None
+        _calibration(source, i, m, adapter, base)
         try:
             conds = resolve_conditions(block, adapter, base)
         except BenchError as exc:
@@ -406,6 +409,27 @@ def validate(data: dict[str, Any], source: str) -> Suite:
         suite.conditions.append(conds)
         suite.sample_counts.append(n)
     return suite
+
+
+def _calibration(src: str, i: int, model: dict[str, Any], adapter: Any, base: Path) -> None:
+    """Check a model entry's ``calibrate:`` against its adapter (``bench.calibration``) and
+    store its complete settings (or drop the field when calibration is off)."""
+    if "calibrate" not in model:
+        return
+    from bench.calibration import FIELDS, check_settings
+
+    try:
+        settings = check_settings(model["calibrate"], adapter, base)
+    except FieldError as exc:
+        where = f"models[{i}].calibrate" + (f".{exc.field}" if exc.field else "")
+        raise SuiteError(src, where, exc.problem, exc.fix) from None
+    except BenchError as exc:
+        raise SuiteError(src, f"models[{i}].calibrate", str(exc),
+                         f"fix the calibration settings ({', '.join(FIELDS)}).") from None
+    if settings is None:
+        del model["calibrate"]
+    else:
+        model["calibrate"] = settings
 
 
 def _eval(src: str, i: int, ev: dict[str, Any]) -> Any:
@@ -459,14 +483,18 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def cell_code_version(model: str, sampler: str, grid: str, eval_: Any, eval_name: str) -> dict[str, str]:
-    """Code version of each registry entry a cell uses (``bench.versions``), and of the loop."""
+def cell_code_version(model: str, sampler: str, grid: str, eval_: Any, eval_name: str,
+                      calibrated: bool = False) -> dict[str, str]:
+    """Code version of each registry entry a cell uses (``bench.versions``), and of the loop
+    (and of ``bench.calibration`` for a calibrated model)."""
     from bench.registry import METRICS
     from bench.versions import GENERATE_MODULES, entry_version, modules_version
 
     out = {"generate": modules_version(GENERATE_MODULES), "model": entry_version(MODELS.entry(model)),
            "sampler": entry_version(SAMPLERS.entry(sampler)), "grid": entry_version(GRIDS.entry(grid)),
            "eval": entry_version(EVALS.entry(eval_name))}
+    if calibrated:
+        out["calibration"] = modules_version(("bench.calibration",))
     from bench.registry import FEATURES
 
     for m, params in eval_.metric_specs():
@@ -615,12 +643,14 @@ def plan(suite: Suite) -> list[Shard]:
     shards: list[Shard] = []
     hashes = [model_hash(a) for a in suite.adapters]  # once per model, not per cell
     for _, smp, ev, ev_obj, points_ in points:
-        codes = [cell_code_version(m["name"], smp["name"], smp["grid"]["name"], ev_obj, ev["name"])
+        codes = [cell_code_version(m["name"], smp["name"], smp["grid"]["name"], ev_obj, ev["name"],
+                                   calibrated="calibrate" in m)
                  for m in suite.models]
         for nfe, steps in points_:
             for model, mhash, code, conds, n in zip(suite.models, hashes, codes, suite.conditions,
                                                     suite.sample_counts):
-                compute = {"model": {k: model[k] for k in ("name", "params")}, "model_hash": mhash,
+                compute = {"model": {k: model[k] for k in ("name", "params", "calibrate")
+                                     if k in model}, "model_hash": mhash,
                            "sampler": {k: smp[k] for k in ("name", "params", "grid")},
                            "steps": steps, "eval": ev, "seed": d["seed"], "code": code,
                            "conditions": conds.describe() if conds.kind != "none" else None}

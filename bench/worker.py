@@ -132,7 +132,7 @@ def run_shards(shards: list[Shard], results_dir: str, threads: int | None = None
         torch.set_num_threads(int(threads))
     load_all()
     store = ResultStore(results_dir)
-    models = Models()  # the job's loaded model, kept for its next shard
+    models = Models(store.cache)  # the job's loaded model, kept for its next shard
     return [_run_one(shard, store, models, runner) for shard in shards]
 
 

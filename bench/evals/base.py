@@ -34,16 +34,19 @@ class Models:
     """The models a job has loaded: the last one is kept for the job's next shard (one model in
     memory at a time). Passed to ``run_shard`` by the worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dir: Any = None) -> None:
         self._key: str | None = None
         self._loaded: LoadedModel | None = None
+        #: where model-side precomputations are cached (a results folder's ``_cache``)
+        self.cache_dir = cache_dir
 
     def get(self, spec: dict[str, Any], device: str) -> LoadedModel:
         dev = resolve_device(device)
-        key = json.dumps([spec["name"], spec.get("params", {}), str(dev)], sort_keys=True, default=str)
+        key = json.dumps([spec["name"], spec.get("params", {}), spec.get("calibrate"), str(dev)],
+                         sort_keys=True, default=str)
         if key != self._key or self._loaded is None:
             self._loaded = None  # free the previous model first
-            self._loaded, self._key = LoadedModel.load(spec, dev), key
+            self._loaded, self._key = LoadedModel.load(spec, dev, self.cache_dir), key
         return self._loaded
 
     @staticmethod

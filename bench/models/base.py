@@ -59,6 +59,17 @@ class ModelAdapter(ABC):
         """Samples in data space -> uint8 NCHW images in [0, 255]."""
         raise NotImplementedError(f"{type(self).__name__} does not produce images")
 
+    def encode_images(self, images: Tensor) -> Tensor:
+        """uint8 NCHW images -> samples in the model's data space, ``x / 127.5 - 1`` in [-1, 1]
+        (as ``bench.train`` maps its training data; the inverse of ``decode`` up to rounding),
+        in the model's dtype. Latent models override it (their data space is the VAE's)."""
+        want = tuple(self.sample_shape())
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != want:
+            raise ValueError(f"{type(self).__name__}.encode_images: expected uint8 images of "
+                             f"shape [N, {', '.join(map(str, want))}], got {images.dtype} "
+                             f"{list(images.shape)}")
+        return (images.to(torch.float64) / 127.5 - 1.0).to(self.dtype)
+
     def ode_solution(self, x: Tensor, s_start: float, s_end: float) -> Tensor:
         """Exact probability-flow ODE solution from noise level s_start to s_end (oracles only)."""
         raise NotImplementedError(f"{type(self).__name__} is not an oracle model")

@@ -85,6 +85,8 @@ class DiffusersAdapter(ModelAdapter):
             self.params["guidance"] = self.guidance
         self._hash: str | None = None
         self.loaded: dict[str, Any] = {}
+        #: the data set it was trained on, if known (the zoo names it; bench.calibration)
+        self.training_data: str | None = None
 
     def label(self) -> str:
         return f"'{self.name}' ({self.path})" if self.name == "diffusers" else f"'{self.name}'"
@@ -216,6 +218,12 @@ class DiffusersAdapter(ModelAdapter):
 
         return GuidedDenoiser(den, scale=self.guidance["scale"], cond=self.null, uncond=self.null,
                               batched=self.guidance["batched"])
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        if self.latent:
+            raise BenchError(f"diffusers: model {self.label()} is a latent model; mapping images "
+                             f"to its latents (the VAE's encoder) is not supported yet.")
+        return super().encode_images(images)
 
     def decode(self, x0: Tensor) -> Tensor:
         if self.latent:

@@ -28,9 +28,24 @@ def shipped(name: str) -> Path:
 
 
 def _relative(adapter: DiffusersAdapter) -> DiffusersAdapter:
-    """Record a shipped model's path relative to the package (no machine paths in results)."""
+    """Record a shipped model's path relative to the package (no machine paths in results),
+    and name its training set (the ``dataset:`` of its training config; the default data of a
+    suite's ``calibrate:``)."""
     adapter.params["path"] = str(adapter.path.relative_to(PACKAGE.parent))
+    adapter.training_data = training_dataset(adapter.name)
     return adapter
+
+
+def training_dataset(name: str) -> str | None:
+    """The data set a zoo model was trained on, from ``bench/train_configs/<name>.yaml``."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((TRAIN_CONFIGS / f"{name}.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    ds = cfg.get("dataset") if isinstance(cfg, dict) else None
+    return ds if isinstance(ds, str) else None
 
 
 @MODELS.register("fmnist-cond", "Class-conditional DDPM (eps) trained here on Fashion-MNIST 28x28, "
