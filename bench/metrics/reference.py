@@ -10,12 +10,12 @@ sampler takes it). The slope of ``ref_rmse`` against NFE is the solver's converg
 that network.
 
 The default reference grid is uniform in the schedule's time, i.e. in the network's timestep
-input, not in log-SNR: a network trained on integer timesteps can vary on the scale of a few
-timesteps (fmnist-cond's noise prediction wiggles with a period of about 14 timesteps at high
-noise), and a log-SNR grid crosses tens of timesteps per step there, so its solutions do not
-converge (DPM-Solver-3 on fmnist-cond, 4 samples: 120..480 NFE differ from 960 NFE by 3e-3 to
-6e-3 RMSE, erratically), while a time-uniform one does (7e-4, 1.8e-4, 6e-5 at 333, 666, 1332
-NFE against 2664).
+input, not in log-SNR: a network trained on integer timesteps can be strongly curved in the
+timestep on the scale of single timesteps (fmnist-cond's noise prediction is), and a log-SNR
+grid crosses tens of timesteps per step at high noise, so its solutions did not converge
+(DPM-Solver-3 on fmnist-cond, 4 samples: 120..480 NFE differ from 960 NFE by 3e-3 to 6e-3 RMSE,
+erratically), while time-uniform ones do (7e-4, 1.8e-4, 6e-5 at 333, 666, 1332 NFE against
+2664).
 
 The reference is cached per sample under ``CACHE/refsolve/`` by (model description with its
 weights hash, condition rows, levels, reference sampler, its NFE and parameters, the sample's
