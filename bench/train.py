@@ -88,6 +88,49 @@ def _check_type(p: Path, name: str, value: Any, annotation: str) -> None:
                          f"({type(value).__name__}). Fix: {hint}.")
 
 
+def config_path(path: str | Path) -> Path:
+    """A training YAML given as a file or as the name of one in bench/train_configs."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    named = CONFIG_DIR / f"{path}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise BenchError(f"training config '{path}' not found: give a YAML file or one of "
+                     f"{', '.join(known)}.{close_matches(str(path), known)}")
+
+
+def read_config(cls: Any, path: str | Path, overrides: list[str] | None = None) -> Any:
+    """A training YAML (plus ``--set`` overrides) as the config dataclass ``cls``: unknown,
+    missing and mistyped fields are BenchErrors naming the field."""
+    p = config_path(path)
+    raw = _read_config(p)
+    for o in overrides or []:
+        if "=" not in o:
+            raise BenchError(f"--set {o!r}: expected KEY=VALUE, e.g. --set max_steps=100")
+        k, v = o.split("=", 1)
+        try:
+            raw[k.strip()] = safe_load(v)
+        except yaml.YAMLError:
+            raw[k.strip()] = v
+    names = {f.name for f in fields(cls)}
+    for k in raw:
+        if k not in names:
+            raise BenchError(f"{p}: field '{k}' is not a training option.{close_matches(k, names)} "
+                             f"Known: {', '.join(sorted(names))}.")
+    for f in fields(cls):
+        if f.name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise BenchError(f"{p}: field '{f.name}' is missing (required); add "
+                                 f"'{f.name}: ...' (see bench/train_configs/*.yaml).")
+            continue
+        _check_type(p, f.name, raw[f.name], str(f.type))
+    cfg = cls(**raw)
+    cfg.validate(str(p))
+    return cfg
+
+
 @dataclass
 class TrainConfig:
     """Fields of a training YAML (see bench/train_configs/*.yaml)."""
@@ -122,39 +165,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        p = Path(path)
-        if not p.is_file():
-            named = CONFIG_DIR / f"{path}.yaml"
-            if named.is_file():
-                p = named
-            else:
-                known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
-                raise BenchError(f"training config '{path}' not found: give a YAML file or one of "
-                                 f"{', '.join(known)}.{close_matches(str(path), known)}")
-        raw = _read_config(p)
-        for o in overrides or []:
-            if "=" not in o:
-                raise BenchError(f"--set {o!r}: expected KEY=VALUE, e.g. --set max_steps=100")
-            k, v = o.split("=", 1)
-            try:
-                raw[k.strip()] = safe_load(v)
-            except yaml.YAMLError:
-                raw[k.strip()] = v
-        names = {f.name for f in fields(cls)}
-        for k in raw:
-            if k not in names:
-                raise BenchError(f"{p}: field '{k}' is not a training option.{close_matches(k, names)} "
-                                 f"Known: {', '.join(sorted(names))}.")
-        for f in fields(cls):
-            if f.name not in raw:
-                if f.default is MISSING and f.default_factory is MISSING:
-                    raise BenchError(f"{p}: field '{f.name}' is missing (required); add "
-                                     f"'{f.name}: ...' (see bench/train_configs/*.yaml).")
-                continue
-            _check_type(p, f.name, raw[f.name], str(f.type))
-        cfg = cls(**raw)
-        cfg.validate(str(p))
-        return cfg
+        return read_config(cls, path, overrides)
 
     def validate(self, where: str) -> None:
         def bad(fld: str, val: Any, fix: str) -> None:
@@ -260,7 +271,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 # ------------------------------------------------------------------------------------ loop
-def load_state(path: Path, device: torch.device) -> dict[str, Any]:
+def load_state(path: Path, device: torch.device,
+               need: frozenset[str] = frozenset({"unet", "ema", "opt", "step", "config"})) -> dict[str, Any]:
     """A training checkpoint, read without unpickling arbitrary objects (``weights_only``): a
     crafted ``state.pt`` in the output folder cannot run code."""
     try:
@@ -269,7 +281,6 @@ def load_state(path: Path, device: torch.device) -> dict[str, Any]:
         raise BenchError(f"{path} cannot be read as a training checkpoint of tensors and plain "
                          f"values ({type(exc).__name__}); it was not written by 'bench train' or is "
                          f"damaged. Delete it to start over, or use another 'out' folder.") from None
-    need = {"unet", "ema", "opt", "step", "config"}
     if not isinstance(st, dict) or need - set(st):
         raise BenchError(f"{path} is not a 'bench train' checkpoint (needs {sorted(need)}); delete "
                          f"it to start over, or use another 'out' folder.")
@@ -423,6 +434,19 @@ it saw {meta['steps'] * cfg['batch_size'] / meta['n_data']:.1f} epochs ({meta['s
 
 
 def main(args: Any) -> int:
+    kind = _read_config(config_path(args.config)).get("kind", "ddpm")
+    if kind == "clip":
+        from bench.train_clip import main as clip_main
+
+        return clip_main(args)
+    if kind in ("vae", "t2i"):
+        from bench.train_latent import main as latent_main
+
+        return latent_main(args, kind)
+    if kind != "ddpm":
+        raise BenchError(f"{args.config}: field 'kind' = {kind!r}: use 'clip' (a CLIP model), "
+                         f"'vae' (an AutoencoderKL), 't2i' (a latent text-to-image UNet) or "
+                         f"leave it out (a DDPM).")
     cfg = TrainConfig.from_yaml(args.config, args.set)
     if args.out:
         cfg.out = args.out
