@@ -71,7 +71,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from bench.dispatch import check_executor
     from bench.store import ResultStore
-    from bench.suite import load_suite, plan, rounding_notes
+    from bench.suite import load_suite, plan, rounding_notes, sweep_lines
 
     check_folder(args.results, "--results", write=False)
     suite = load_suite(args.suite, args.set)
@@ -83,6 +83,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"suite {suite.name}: {len(suite.models)} model(s) x {len(suite.samplers)} sampler(s) x "
           f"{len(suite['nfe'])} NFE x {len(suite.evals)} eval(s): {n_cells} cell(s) in "
           f"{len(shards)} shard(s), {done} already done in {args.results}")
+    for line in sweep_lines(suite):  # entries written with swept params (bench.suite)
+        print(line)
     for line in suite.budget.lines():  # counted and bounded by plan() (bench.budget)
         print(line)
     for conds, m in zip(suite.conditions, suite.models):
@@ -307,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.cli_fidelity import add_parsers as add_fidelity_parsers
 
     add_fidelity_parsers(sub)  # bench fid, bench refstats
+
+    from bench.cli_clipscore import add_parsers as add_clipscore_parsers
+
+    add_clipscore_parsers(sub)  # bench clipscore
     return p
 
 

@@ -1,15 +1,18 @@
-"""Optional feature extractors ``clip`` (open_clip image embedding) and ``dinov2`` (DINOv2 CLS
+"""Optional feature extractors ``clip`` (CLIP image embedding) and ``dinov2`` (DINOv2 CLS
 token), behind the same :class:`~bench.metrics.features.FeatureExtractor` interface as
 ``inception``. Neither downloads anything: weights come from a local path.
 
-``clip``    ``pip install 'bench[clip]'`` (open_clip_torch). ``weights`` (or ``$BENCH_CLIP_WEIGHTS``)
-            is an open_clip checkpoint file for architecture ``arch`` (default ``ViT-B-32``;
-            e.g. ``open_clip_pytorch_model.bin`` of ``laion/CLIP-ViT-B-32-laion2B-s34B-b79K``), or
-            a folder in open_clip's hub layout (``open_clip_config.json`` + weights), whose
-            config then defines the architecture. Features: ``encode_image`` (not normalised).
-            Preprocessing: open_clip's own eval transform for the model (PIL resize with its
-            interpolation and resize mode, centre crop, RGB, its mean/std), recorded in
-            ``describe()['preprocess']``.
+``clip``    ``weights`` (or ``$BENCH_CLIP_WEIGHTS``) is loaded by :func:`bench.clip.load_clip`: an
+            open_clip checkpoint file for architecture ``arch`` (default ``ViT-B-32``; e.g.
+            ``open_clip_pytorch_model.bin`` of ``laion/CLIP-ViT-B-32-laion2B-s34B-b79K``), a folder
+            in open_clip's hub layout (``open_clip_config.json`` + weights), whose config then
+            defines the architecture (``pip install 'bench[clip]'``), or a transformers
+            ``CLIPModel`` folder (``config.json`` + ``model.safetensors`` + its image processor;
+            ``transformers``). Features: open_clip's ``encode_image`` / transformers'
+            ``get_image_features`` (projected, not normalised). Preprocessing: the model's own
+            (open_clip's eval transform on PIL RGB: ``resize`` ``open_clip``; the folder's
+            ``CLIPImageProcessor`` on uint8 tensors: ``resize`` ``transformers``), recorded in
+            ``describe()['preprocess']``; ``describe()['clip_kind']`` names the kind.
 ``dinov2``  ``transformers``. ``weights`` (or ``$BENCH_DINOV2_WEIGHTS``) is a folder in Hugging Face
             format (``config.json`` + ``model.safetensors``, e.g. a snapshot of
             ``facebook/dinov2-base``), loaded with ``Dinov2Model.from_pretrained(path,
@@ -37,29 +40,41 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.clip import CLIP_ENV, OPEN_CLIP_FILES as CLIP_FILES  # noqa: F401  (re-exported)
 from bench.errors import BenchError
 from bench.metrics.features import FeatureExtractor, file_sha256
 from bench.metrics.preprocess import to_rgb
 from bench.registry import FEATURES
 
-CLIP_ENV = "BENCH_CLIP_WEIGHTS"
 DINOV2_ENV = "BENCH_DINOV2_WEIGHTS"
-#: open_clip's checkpoint names in a hub folder, preferred first (as open_clip itself prefers).
-CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-              "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 DINOV2_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def shipped_clips() -> dict[str, Path]:
+    """Scoring CLIPs this repository trains and ships, by name (``bench/checkpoints``)."""
+    from bench.models.zoo import SHIPPED_CLIPS, shipped_clip
+
+    return {n: p for n in SHIPPED_CLIPS if (p := shipped_clip(n)) is not None}
 
 
 def how_to_provide(name: str) -> str:
     if name == "clip":
-        return ("Provide open_clip weights in one of these ways (nothing is downloaded): (1) the "
-                "'weights' parameter (suite) or --weights (CLI): an open_clip checkpoint file for "
-                "the architecture given by 'arch' (default ViT-B-32; CLI --arch), e.g. "
-                "open_clip_pytorch_model.bin from laion/CLIP-ViT-B-32-laion2B-s34B-b79K, or a folder "
-                "in open_clip's hub layout (open_clip_config.json + open_clip_pytorch_model.bin / "
-                f"open_clip_model.safetensors); (2) set ${CLIP_ENV} to such a file or folder. On an "
-                "online machine: 'huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K "
-                "--local-dir DIR', then copy DIR here. open_clip itself: pip install 'bench[clip]'.")
+        return ("Provide CLIP weights in one of these ways (nothing is downloaded): (1) the "
+                "'weights' parameter of the clip feature extractor (suite) or --weights (bench fid), "
+                "or the 'clip' parameter of the clipscore metric (suite) or --clip (bench "
+                "clipscore): (a) a transformers CLIPModel folder (config.json + model.safetensors "
+                "+ tokenizer files vocab.json/merges.txt or tokenizer.json + "
+                "preprocessor_config.json), e.g. a snapshot of openai/clip-vit-large-patch14; (b) "
+                "an open_clip checkpoint file for the architecture given by 'arch' (default "
+                "ViT-B-32; CLI --arch), e.g. open_clip_pytorch_model.bin from "
+                "laion/CLIP-ViT-B-32-laion2B-s34B-b79K; (c) a folder in open_clip's hub layout "
+                "(open_clip_config.json + open_clip_pytorch_model.bin / "
+                "open_clip_model.safetensors); (d) the name of a CLIP shipped with this repository "
+                f"({', '.join(shipped_clips())}); (2) set ${CLIP_ENV} to such a file, folder or name. On an "
+                "online machine: 'huggingface-cli download openai/clip-vit-large-patch14 "
+                "--local-dir DIR' (or laion/CLIP-ViT-B-32-laion2B-s34B-b79K), then copy DIR here. "
+                "open_clip itself: pip install 'bench[clip]'; transformers: pip install "
+                "'bench[dinov2]'.")
     return ("Provide DINOv2 weights in one of these ways (nothing is downloaded, torch.hub is not "
             "used): (1) the 'weights' parameter (suite) or --weights (CLI): a folder in Hugging Face "
             "transformers format (config.json + model.safetensors or pytorch_model.bin, and "
@@ -68,17 +83,21 @@ def how_to_provide(name: str) -> str:
             "facebook/dinov2-base --local-dir DIR', then copy DIR here.")
 
 
-def resolve_local(name: str, given: str | os.PathLike | None, env: str) -> tuple[Path, str]:
-    """(path, source) from the parameter, then the environment variable; else a BenchError."""
+def resolve_local(name: str, given: str | os.PathLike | None, env: str, param: str = "weights"
+                  ) -> tuple[Path, str]:
+    """(path, source) from the parameter (named ``param`` in messages), then the environment
+    variable; else a BenchError."""
     for value, source in ((given, "explicit"), (os.environ.get(env) or None, "env")):
         if value:
             p = Path(value).expanduser()
+            if name == "clip" and not p.exists() and str(value) in shipped_clips():
+                return shipped_clips()[str(value)], "shipped"
             if not p.exists():
-                where = "the 'weights' parameter" if source == "explicit" else f"${env}"
+                where = f"the '{param}' parameter" if source == "explicit" else f"${env}"
                 raise BenchError(f"{name} weights '{p}' (from {where}) do not exist. "
                                  + how_to_provide(name))
             return p, source
-    raise BenchError(f"no {name} weights given (no 'weights' parameter, ${env} unset). "
+    raise BenchError(f"no {name} weights given (no '{param}' parameter, ${env} unset). "
                      + how_to_provide(name))
 
 
@@ -119,8 +138,9 @@ def quiet_logging() -> Iterator[None]:
 
 @lru_cache(maxsize=None)
 def code_version(dist: str) -> str:
-    """This file's hash and the library version (part of cache keys)."""
+    """This file's and bench/clip.py's hash and the library version (part of cache keys)."""
     h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update((Path(__file__).parents[1] / "clip.py").read_bytes())
     h.update(importlib.metadata.version(dist).encode())
     return h.hexdigest()[:16]
 
@@ -179,8 +199,9 @@ class PILFeatureExtractor(FeatureExtractor):
         return {**super().key(), "preprocess": self.preprocess_cfg}
 
 
-@FEATURES.register("clip", "open_clip image embedding (default ViT-B-32); local weights only: "
-                   "path/$BENCH_CLIP_WEIGHTS (checkpoint file for 'arch', or an open_clip hub folder)")
+@FEATURES.register("clip", "CLIP image embedding (open_clip, default ViT-B-32, or a transformers "
+                   "CLIPModel folder); local weights only: path/$BENCH_CLIP_WEIGHTS (checkpoint "
+                   "file for 'arch', an open_clip hub folder, or a transformers folder)")
 class CLIPExtractor(PILFeatureExtractor):
     name = "clip"
     resize = "open_clip"
@@ -189,50 +210,26 @@ class CLIPExtractor(PILFeatureExtractor):
     def __init__(self, *, weights: str | None = None, arch: str = "ViT-B-32",
                  resize: str | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 64) -> None:
-        self._check_resize(resize)
-        path, self.weights_source = resolve_local("clip", weights, CLIP_ENV)
-        open_clip = import_optional("open_clip", "clip")
-        from open_clip.transform import PreprocessCfg, image_transform_v2
+        from bench.clip import load_clip
 
         self.device, self.batch_size = torch.device(device), int(batch_size)
-        if path.is_dir():
-            self.weights_path = pick_file(path, CLIP_FILES, "clip")
-            cfg = json.loads((path / "open_clip_config.json").read_text()) \
-                if (path / "open_clip_config.json").is_file() else None
-            if not cfg or "model_cfg" not in cfg:
-                raise BenchError(f"clip folder '{path}' has no open_clip_config.json with "
-                                 f"'model_cfg'. " + how_to_provide("clip"))
-            self.arch = str(cfg.get("model_cfg", {}).get("arch", path.name))
-            with quiet_logging():  # open_clip warns "initialized randomly" before we load
-                model = open_clip.create_model(f"local-dir:{path}", load_weights=False)
-        else:
-            self.weights_path, self.arch = path, arch
-            if open_clip.get_model_config(arch) is None:
-                raise BenchError(f"unknown open_clip architecture {arch!r}; use one of "
-                                 f"open_clip.list_models() (e.g. ViT-B-32, ViT-L-14), or give an "
-                                 f"open_clip hub folder whose open_clip_config.json defines it.")
-            with quiet_logging():
-                model = open_clip.create_model(arch, pretrained=None)
-        try:
-            open_clip.load_checkpoint(model, str(self.weights_path), strict=True)
-        except Exception as exc:
-            raise BenchError(f"cannot load open_clip weights '{self.weights_path}' into "
-                             f"architecture {self.arch!r}: {type(exc).__name__}: "
-                             f"{str(exc)[:300]}. " + how_to_provide("clip")) from None
-        self.weights_sha256 = file_sha256(self.weights_path)
-        pp = PreprocessCfg(**model.visual.preprocess_cfg)
-        self.transform = image_transform_v2(pp, is_train=False)
-        self.preprocess_cfg = {"size": list(pp.input_size[1:]), "interpolation": pp.interpolation,
-                               "resize_mode": pp.resize_mode, "mean": list(pp.mean),
-                               "std": list(pp.std), "arch": self.arch,
-                               "transform": "open_clip image_transform_v2(is_train=False) on PIL RGB"}
-        self.model = model.eval().requires_grad_(False).to(self.device)
-        with torch.inference_mode():
-            probe = torch.zeros((1, *pp.input_size), device=self.device)
-            self.dim = int(self.model.encode_image(probe).shape[-1])
+        self.clip = load_clip(weights, arch=arch, device=self.device, param="weights")
+        self.resize, self.dist = self.clip.resize, self.clip.dist  # open_clip | transformers
+        self._check_resize(resize)
+        self.arch, self.dim = self.clip.arch, self.clip.dim
+        self.weights_path, self.weights_source = self.clip.weights_path, self.clip.weights_source
+        self.weights_sha256 = self.clip.weights_sha256
+        self.preprocess_cfg = self.clip.preprocess_cfg
+        self.model = self.clip.model
+
+    def transform_images(self, images: Tensor) -> Tensor:
+        return self.clip.preprocess(images)
 
     def embed(self, x: Tensor) -> Tensor:
-        return self.model.encode_image(x)
+        return self.clip.embed_pixels(x)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "clip_kind": self.clip.kind}
 
 
 DINOV2_PREPROCESS = {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224},

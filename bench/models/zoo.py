@@ -64,3 +64,13 @@ def fmnist_v(*, block: int = 16, dtype: str = "float32") -> DiffusersAdapter:
 
 
 fmnist_cond.validate_early = fmnist_v.validate_early = True  # type: ignore[attr-defined]
+
+
+#: CLIP models trained here that score images (never a generator's own text encoder)
+SHIPPED_CLIPS = ("fmnist-clip",)
+
+
+def shipped_clip(name: str) -> Path | None:
+    """The folder of a shipped scoring CLIP, or None if ``name`` is not one."""
+    folder = CHECKPOINTS / name / "model"
+    return folder if name in SHIPPED_CLIPS and (folder / "config.json").is_file() else None
