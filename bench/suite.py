@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -248,6 +249,13 @@ class Suite:
     budget: Any = None
     #: (model, sampler, steps) already dry-run by plan() (bench run plans twice)
     dry_run_done: set = field(default_factory=set)
+    #: swept entries: {field, label, axes: {path: [values]}, labels} per entry written with a
+    #: sweep (``bench plan`` prints them, ``sweep_lines``)
+    sweeps: list[dict[str, Any]] = field(default_factory=list)
+    #: per model / sampler: the index of the entry written in the suite (a sweep expands one
+    #: written entry into several), for errors that name the field
+    model_origin: list[int] = field(default_factory=list)
+    sampler_origin: list[int] = field(default_factory=list)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -281,7 +289,223 @@ def _check_params(src: str, field_: str, params: Any, allowed: dict[str, Any], w
     return dict(params)
 
 
-def _entries(src: str, field_: str, items: Any, reg: Registry, extra: tuple[str, ...]) -> list[dict]:
+# -------------------------------------------------------------------------------- sweeps
+#: entries one ``models:`` or ``samplers:`` list may expand to through sweeps: every entry is
+#: crossed with every other list, so a few swept values multiply quickly
+MAX_SWEEP_ENTRIES = 1000
+#: parameters that take a mapping of fields known to take one value each: a plain list at one
+#: of these fields is a sweep, as at a scalar parameter (``guidance: {scale: [1, 2, 4]}``)
+NESTED_SCALARS: dict[str, tuple[str, ...]] = {"guidance": ("scale", "cond", "batched")}
+_SCALAR_TYPES = {"int", "float", "str", "bool"}
+_LIST_TYPES = {"list", "tuple", "Sequence", "List", "Tuple", "MutableSequence"}
+
+
+def param_kinds(entry: Any) -> dict[str, str]:
+    """Per parameter of a registry entry: ``scalar`` (takes one int/float/str/bool value),
+    ``list`` (takes a list) or ``other`` (a mapping, ``Any``: a plain list there is a value).
+    From the annotation (``float | None``, ``Sequence[int]``), else from the default."""
+    import inspect
+
+    defaults = entry.params()
+    notes: dict[str, str] = {}
+    if "params" not in entry.meta:
+        obj = entry.load()
+        try:
+            sig = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+            notes = {p.name: str(p.annotation) for p in sig.parameters.values()
+                     if p.annotation is not p.empty}
+        except (TypeError, ValueError):
+            notes = {}
+    out = {}
+    for name, default in defaults.items():
+        bases = {t.split("[")[0].strip().split(".")[-1]  # 'typing.Sequence[int]' -> Sequence
+                 for t in notes.get(name, "").split("|") if t.strip()} - {"None", "NoneType"}
+        scalar_default = isinstance(default, (bool, int, float, str))
+        if bases & _LIST_TYPES or (not bases and isinstance(default, (list, tuple))):
+            out[name] = "list"
+        elif bases and bases <= _SCALAR_TYPES:
+            out[name] = "scalar"
+        elif scalar_default and "Any" not in bases:  # e.g. 'str | dict': a list is no value
+            out[name] = "scalar"
+        else:
+            out[name] = "other"
+    return out
+
+
+def _is_sweep(node: Any) -> bool:
+    return isinstance(node, dict) and "sweep" in node
+
+
+def _show(value: Any) -> str:
+    """A swept value as it appears in a label: 2, 7.5, midpoint, true, [1,2]."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def _same_key(value: Any) -> str:
+    """Equal for values a parameter cannot tell apart (2 and 2.0; not True and 1)."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        return v
+    return json.dumps(norm(value), sort_keys=True, default=str)
+
+
+def _path_text(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _check_no_sweep(src: str, where: str, node: Any, why: str, fix: str) -> None:
+    """Refuse a ``{sweep: [..]}`` anywhere in ``node`` (a field that cannot be swept)."""
+    stack = [(where, node)]
+    while stack:
+        at, n = stack.pop()
+        if _is_sweep(n):
+            raise SuiteError(src, at, f"is {_short(n)}, a sweep, but {why}", fix)
+        if isinstance(n, dict):
+            stack.extend((f"{at}.{k}", v) for k, v in n.items())
+        elif isinstance(n, list):
+            stack.extend((f"{at}.{j}", v) for j, v in enumerate(n))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _sweep_axes(src: str, where: str, params: dict[str, Any], kinds: dict[str, str],
+                what: str) -> list[tuple[tuple, list]]:
+    """The swept parameters of one entry's ``params``: [(path, values)], in the order written.
+    ``where`` is the entry's ``...params`` field. Errors name the field, the value and the fix."""
+    axes: list[tuple[tuple, list]] = []
+
+    def add(path: tuple, values: Any, marker: bool) -> None:
+        at = f"{where}.{_path_text(path)}"
+        name = _path_text(path)
+        if marker and (set(values) != {"sweep"}):
+            raise SuiteError(src, at, f"is {_short(values)}: a sweep is a mapping with the one "
+                             f"key 'sweep', got also {sorted(set(values) - {'sweep'})}.",
+                             f"write '{path[-1]}: {{sweep: [v1, v2]}}' alone.")
+        vals = values["sweep"] if marker else values
+        if not isinstance(vals, list):
+            raise SuiteError(src, at, f"is {_short(values)}: 'sweep' must list the values, got "
+                             f"{_short(vals)}.", f"write '{path[-1]}: {{sweep: [v1, v2]}}'.")
+        if not vals:
+            problem = f"is an empty sweep ({_short(values)}): it lists no values." if marker else \
+                (f"is an empty list: '{name}' takes one value, so a list there is a sweep (one "
+                 f"entry per value), and this one lists none.")
+            raise SuiteError(src, at, problem, f"list at least one value (e.g. '{path[-1]}: "
+                             f"{'{sweep: [1, 2]}' if marker else '[1, 2]'}'), or write a single "
+                             f"value.")
+        seen: dict[str, Any] = {}
+        for v in vals:
+            if _is_sweep(v):
+                raise SuiteError(src, at, f"has a sweep inside a sweep ({_short(v)}).",
+                                 "list plain values; to cross two parameters, sweep each one "
+                                 "(entries are the product).")
+            k = _same_key(v)
+            if k in seen:
+                same = f"{v!r} twice" if repr(seen[k]) == repr(v) else \
+                    f"{seen[k]!r} and {v!r}, the same value,"
+                raise SuiteError(src, at, f"lists {same} in a sweep of {name}: each value "
+                                 f"makes one entry, so both would compute the same cells.",
+                                 "list each value once.")
+            seen[k] = v
+        axes.append((path, list(vals)))
+
+    def walk(node: Any, path: tuple, plain: bool, nested: tuple[str, ...]) -> None:
+        if _is_sweep(node):
+            add(path, node, True)
+        elif isinstance(node, list):
+            if plain:
+                add(path, node, False)
+            else:
+                for j, x in enumerate(node):
+                    walk(x, path + (j,), False, ())
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if nested and k not in nested and (_is_sweep(v) or isinstance(v, list)):
+                    raise SuiteError(src, f"{where}.{_path_text(path + (k,))}",
+                                     f"is {_short(v)}, a sweep, but '{k}' is not a field of "
+                                     f"{path[0]}.{close_matches(str(k), nested)}",
+                                     "sweep one of: " + ", ".join(f"{path[0]}.{n}" for n in nested)
+                                     + ".")
+                walk(v, path + (k,), k in nested, ())
+
+    for k, v in params.items():
+        kind = kinds.get(k, "other")
+        if kind == "list":
+            _check_no_sweep(src, f"{where}.{k}", v, f"{what} takes a list for '{k}' (the whole "
+                            f"list is its value), so '{k}' cannot be swept.",
+                            f"give '{k}' one list, and write one {what.split()[0]} entry per "
+                            f"value, each with its own 'label:'.")
+            continue
+        walk(v, (k,), kind == "scalar", NESTED_SCALARS.get(k, ()) if kind == "other" else ())
+    return axes
+
+
+def _set_path(tree: Any, path: tuple, value: Any) -> None:
+    node = tree
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+
+
+Variants = list[tuple[Any, list[tuple[str, Any]]]]
+
+
+def _expand(src: str, where: str, params: Any, entry: Any, what: str, room: int
+            ) -> tuple[Variants, dict[str, list]]:
+    """One entry's params -> ([(params, [(swept path, value), ...])], {swept path: values}):
+    one variant per combination of the swept values (the product, in the order written), and
+    ``[(params, [])]`` when nothing is swept. ``room``: how many more entries the list may take
+    (MAX_SWEEP_ENTRIES)."""
+    if not isinstance(params, dict):
+        return [(params, [])], {}  # _check_params says what is wrong
+    allowed = entry.params()
+    for k, v in params.items():
+        if k not in allowed and (_is_sweep(v) or isinstance(v, list)):
+            raise SuiteError(src, f"{where}.{k}", f"is {_short(v)}, a sweep, but '{k}' is not a "
+                             f"parameter of {what}, so it cannot be swept."
+                             f"{close_matches(str(k), allowed)}",
+                             f"sweep one of: {', '.join(sorted(allowed)) or '(none)'}.")
+    _check_params(src, where, params, allowed, what)
+    axes = _sweep_axes(src, where, params, param_kinds(entry), what)
+    if not axes:
+        return [(params, [])], {}
+    total = 1
+    for _, values in axes:
+        total *= len(values)
+    if total > room:
+        sizes = " x ".join(f"{_path_text(p)} {len(v)}" for p, v in axes)
+        before = "" if room == MAX_SWEEP_ENTRIES else \
+            f", and the entries before it to {MAX_SWEEP_ENTRIES - room:,}"
+        raise SuiteError(src, where, f"sweeps expand to {total:,} entries ({sizes} values; a "
+                         f"list at a parameter that takes one value is a sweep){before}"
+                         f"; at most {MAX_SWEEP_ENTRIES:,} entries are allowed per list.",
+                         "sweep fewer values, or split the sweep over several suites.")
+    out = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        p = copy.deepcopy(params)
+        for (path, _), value in zip(axes, combo):
+            _set_path(p, path, value)
+        out.append((p, [(_path_text(path), value) for (path, _), value in zip(axes, combo)]))
+    return out, {_path_text(path): values for path, values in axes}
+
+
+def _entries(src: str, field_: str, items: Any, reg: Registry, extra: tuple[str, ...],
+             sweeps: list[dict[str, Any]] | None = None, origins: list[int] | None = None
+             ) -> list[dict]:
+    """The entries of a ``models:``/``samplers:``/``evals:`` list, checked. With ``sweeps`` (a
+    list to fill: models and samplers), swept params expand an entry into one entry per
+    combination of values (``_expand``), each labelled ``LABEL[path=value,...]``, and each
+    swept entry is recorded in ``sweeps``; ``origins`` (a list to fill) gets, per entry, the
+    index of the entry written in the suite."""
     if not isinstance(items, list) or not items:
         raise SuiteError(src, field_, f"must be a non-empty list, got {items!r}.",
                          f"list at least one {reg.kind}, e.g. '{field_}: [{reg.names()[0]}]'.")
@@ -304,17 +528,38 @@ def _entries(src: str, field_: str, items: Any, reg: Registry, extra: tuple[str,
                              f"{close_matches(name, reg.names())}",
                              f"use one of: {', '.join(reg.names())} (see 'bench list').")
         entry = reg.entry(name)
-        params = _check_params(src, f"{where}.params", item.get("params"), entry.params(),
-                               f"{reg.kind} '{name}'")
-        label = item.get("label") or (f"{name}-calibrated" if item.get("calibrate") not in
-                                      (None, False) else name)  # apart from the plain model
-        out.append({"name": name, "label": str(label), "params": params,
-                    **{k: item[k] for k in extra if k in item}})
+        what = f"{reg.kind} '{name}'"
+        for k in extra:  # grid:, calibrate: are not swept
+            _check_no_sweep(src, f"{where}.{k}", item.get(k), f"only the params of models and "
+                            f"samplers are swept, not '{k}'.", f"write one {reg.kind} entry per "
+                            f"value, each with its own 'label:'.")
+        if sweeps is None:
+            _check_no_sweep(src, f"{where}.params", item.get("params"), f"only the params of "
+                            f"models and samplers are swept, not those of {reg.kind}s.",
+                            f"write one {reg.kind} entry per value.")
+            variants, axes = [(item.get("params"), [])], {}
+        else:
+            variants, axes = _expand(src, f"{where}.params", item.get("params"), entry, what,
+                               MAX_SWEEP_ENTRIES - len(out))
+        label = str(item.get("label") or (f"{name}-calibrated" if item.get("calibrate") not in
+                                          (None, False) else name))  # apart from the plain model
+        for raw, swept in variants:
+            params = _check_params(src, f"{where}.params", raw, entry.params(), what)
+            shown = f"{label}[{','.join(f'{p}={_show(v)}' for p, v in swept)}]" if swept else label
+            out.append({"name": name, "label": shown, "params": params,
+                        **{k: copy.deepcopy(item[k]) if swept else item[k]
+                           for k in extra if k in item}})
+            if origins is not None:
+                origins.append(i)
+        if sweeps is not None and axes:
+            sweeps.append({"field": where, "label": label, "axes": axes,
+                           "labels": [o["label"] for o in out[-len(variants):]]})
     labels = [o["label"] for o in out]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:
         raise SuiteError(src, field_, f"has entries with the same label {dup}.",
-                         "give each a distinct 'label:'.")
+                         "give each a distinct 'label:'" + (" (a swept entry is labelled "
+                         "LABEL[param=value])." if sweeps else "."))
     return out
 
 
@@ -355,10 +600,12 @@ def validate(data: dict[str, Any], source: str) -> Suite:
                              "use: fit_min_nfe (fit convergence slopes over NFE >= this).")
         _check_int(source, "report.fit_min_nfe", v, 0)
     suite = Suite(name, source, d)
-    suite.models = _entries(source, "models", d["models"], MODELS, ("calibrate",))
-    suite.samplers = _entries(source, "samplers", d["samplers"], SAMPLERS, ("grid",))
+    suite.models = _entries(source, "models", d["models"], MODELS, ("calibrate",), suite.sweeps,
+                            suite.model_origin)
+    suite.samplers = _entries(source, "samplers", d["samplers"], SAMPLERS, ("grid",),
+                              suite.sweeps, suite.sampler_origin)
     suite.evals = _entries(source, "evals", d["evals"], EVALS, ())
-    for i, s in enumerate(suite.samplers):
+    for i, s in zip(suite.sampler_origin, suite.samplers):
         s["grid"] = _grid(source, f"samplers[{i}].grid", s)
     suite.eval_objects = [_eval(source, i, e) for i, e in enumerate(suite.evals)]
     sharded = any(ev.shape == "sharded" for ev in suite.eval_objects)
@@ -385,11 +632,13 @@ def validate(data: dict[str, Any], source: str) -> Suite:
     except BenchError as exc:
         raise SuiteError(source, "conditions", str(exc), "see README, 'Suite files'.") from None
     base = Path(source).parent
-    for i, m in enumerate(suite.models):
+    swept = {s["field"] for s in suite.sweeps}
+    for i, m in zip(suite.model_origin, suite.models):
         try:
             adapter = MODELS.get(m["name"])(**m["params"])
         except BenchError as exc:
-            raise SuiteError(source, f"models[{i}].params", str(exc),
+            entry = f"swept entry '{m['label']}': " if f"models[{i}]" in swept else ""
+            raise SuiteError(source, f"models[{i}].params", f"{entry}{exc}",
                              "fix the model's parameters (see 'bench list models').") from None
         _calibration(source, i, m, adapter, base)
         try:
@@ -477,6 +726,17 @@ def load_suite(path: str | Path, sets: list[str] | None = None) -> Suite:
     data = apply_sets(load_raw(path), sets or [], str(path))
     return validate(data, str(path))
 
+
+
+def sweep_lines(suite: Suite) -> list[str]:
+    """What each swept entry expanded to (``bench plan`` prints these lines)."""
+    out = []
+    for s in suite.sweeps:
+        axes = " x ".join(f"{p} in [{', '.join(_show(v) for v in vals)}]"
+                          for p, vals in s["axes"].items())
+        out.append(f"sweep {s['field']} ({s['label']}): {axes} -> {len(s['labels'])} "
+                   f"entr{'y' if len(s['labels']) == 1 else 'ies'}: {', '.join(s['labels'])}")
+    return out
 
 # -------------------------------------------------------------------------------- planning
 def content_hash(obj: Any) -> str:
@@ -616,11 +876,12 @@ def dry_run(suite: Suite, points: Points) -> None:
                 if where == "grid" and any(f"{k}=" in str(exc) for k in sampler_info(
                         smp["name"]).grid_params if k in smp["params"]):
                     where = "params"
-                raise SuiteError(suite.source, f"samplers[{si}].{where}",
+                at = f"samplers[{suite.sampler_origin[si]}].{where}"
+                raise SuiteError(suite.source, at,
                                  f"sampler '{smp['label']}' on model '{model['label']}' at NFE "
                                  f"{nfe} ({steps} steps): {what} fails before the first network "
                                  f"call: {exc}",
-                                 f"change samplers[{si}].{where} (see 'bench list samplers' and "
+                                 f"change {at} (see 'bench list samplers' and "
                                  f"'bench list grids'), or the NFE list if only some NFEs "
                                  f"fail.") from None
             suite.dry_run_done.add(key)
