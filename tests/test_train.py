@@ -99,12 +99,14 @@ def test_config_errors_name_the_field(tmp_path) -> None:
 
 
 def test_shipped_models_fit_the_size_budget() -> None:
-    files = [p for p in SHIPPED.rglob("*") if p.is_file() and p.name not in ("state.pt", "losses.jsonl")]
+    """Every shipped model folder together stays under 40 MB (the text-to-image issue's budget)."""
+    files = [p for p in SHIPPED.glob("*/model/**/*") if p.is_file()]
     total = sum(p.stat().st_size for p in files)
-    assert files and total <= 20 * 2**20, total
+    assert files and total <= 40 * 10**6, total
     for name in ("fmnist-cond", "fmnist-v"):
         assert (SHIPPED / name / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-        assert "training command" in (SHIPPED / name / "model" / "README.md").read_text()
+    for card in SHIPPED.glob("*/model/README.md"):
+        assert "training command" in card.read_text(), card
 
 
 class _Payload:
