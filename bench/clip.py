@@ -537,6 +537,25 @@ class OpenClip(ClipModel):
         return self.model.encode_image(pixels)
 
 
+class PooledFeatures(torch.nn.Module):
+    """A transformers ``CLIPModel`` whose ``get_image_features`` / ``get_text_features`` return
+    the projected embedding as a tensor, as before transformers 5 (which returns an output
+    object). torchmetrics 1.9.0's ``CLIPScore`` needs this (torchmetrics issue #3407); the
+    parity test and the throughput benchmark wrap the same weights with it."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.m, self.config = model, model.config
+
+    def get_image_features(self, *a: Any, **k: Any) -> Tensor:
+        out = self.m.get_image_features(*a, **k)
+        return out if isinstance(out, Tensor) else out.pooler_output
+
+    def get_text_features(self, *a: Any, **k: Any) -> Tensor:
+        out = self.m.get_text_features(*a, **k)
+        return out if isinstance(out, Tensor) else out.pooler_output
+
+
 # ============================================================================ loading
 _LOADED: dict[str, ClipModel] = {}
 

@@ -17,21 +17,10 @@ from bench.errors import BenchError
 from bench.generate import Generation
 from bench.metrics.base import MetricContext
 from bench.metrics.clipscore import ClipScore, aggregate
+from bench.tokenizer import bytes_to_unicode
+from bench.clip import PooledFeatures
 
 LONG = " ".join(["cat"] * 30)  # 3 tokens a word with this vocabulary: 92 tokens with start/end
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def write_vocab(d) -> None:
@@ -133,30 +122,13 @@ def fold(m: ClipScore, gens: list[Generation]) -> dict[str, np.ndarray]:
     return acc
 
 
-class Unwrap(torch.nn.Module):
-    """transformers >= 5 returns BaseModelOutputWithPooling from get_*_features; torchmetrics
-    1.9.0 expects a tensor (torchmetrics issue #3407). This passes the projected embedding on."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.m, self.config = model, model.config
-
-    def get_image_features(self, *a, **k):
-        out = self.m.get_image_features(*a, **k)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    def get_text_features(self, *a, **k):
-        out = self.m.get_text_features(*a, **k)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def tm_loader(folder):
     """torchmetrics accepts a local folder only through a callable (a string must name a known
     hub model): the callable loads the folder offline and returns (model, processor)."""
     from transformers import CLIPModel, CLIPProcessor
 
     def load():
-        return (Unwrap(CLIPModel.from_pretrained(str(folder), local_files_only=True)),
+        return (PooledFeatures(CLIPModel.from_pretrained(str(folder), local_files_only=True)),
                 CLIPProcessor.from_pretrained(str(folder), local_files_only=True))
 
     return load

@@ -55,21 +55,10 @@ def torchmetrics_metric(folder: Path, device: str):
     from torchmetrics.multimodal.clip_score import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
 
-    class Unwrap(torch.nn.Module):
-        def __init__(self, m) -> None:
-            super().__init__()
-            self.m, self.config = m, m.config
-
-        def get_image_features(self, *a, **k):
-            out = self.m.get_image_features(*a, **k)
-            return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-        def get_text_features(self, *a, **k):
-            out = self.m.get_text_features(*a, **k)
-            return out if isinstance(out, torch.Tensor) else out.pooler_output
+    from bench.clip import PooledFeatures
 
     def load():
-        return (Unwrap(CLIPModel.from_pretrained(str(folder), local_files_only=True)),
+        return (PooledFeatures(CLIPModel.from_pretrained(str(folder), local_files_only=True)),
                 CLIPProcessor.from_pretrained(str(folder), local_files_only=True))
 
     return CLIPScore(model_name_or_path=load).to(device)
