@@ -165,7 +165,7 @@ class ClipScore(Metric):
         from pathlib import Path
 
         from bench.clip import CLIP_ENV
-        from bench.metrics.features_vit import how_to_provide
+        from bench.metrics.features_vit import how_to_provide, shipped_clips
 
         super().check_params(params)
         p = resolve_params(params)
@@ -174,7 +174,7 @@ class ClipScore(Metric):
         if not given:
             raise FieldError("clip", f"no CLIP weights: the parameter is unset and so is ${CLIP_ENV}.",
                              how_to_provide("clip"))
-        if not Path(given).expanduser().exists():
+        if not Path(given).expanduser().exists() and given not in shipped_clips():
             raise FieldError("clip", f"= '{given}' (from {where}) does not exist.",
                              how_to_provide("clip"))
 
