@@ -44,7 +44,7 @@ class DiffusersAdapter(ModelAdapter):
                  null_class: int | None = None, prediction_type: str | None = None,
                  dtype: str = "float32", block: int = 16, name: str | None = None,
                  class_names: list[str] | None = None, embeddings: str | None = None,
-                 null_embedding: int | None = None) -> None:
+                 null_embedding: int | None = None, crop: int | None = None) -> None:
         self.path = Path(path)
         self._class_names = list(class_names) if class_names else None
         self.name = name or "diffusers"
@@ -57,7 +57,11 @@ class DiffusersAdapter(ModelAdapter):
         if int(block) < 0:
             raise BenchError(f"diffusers: field 'block' = {block}; use rows per network call "
                              f"(e.g. 16) or 0 for whole batches.")
-        self.torch_dtype, self.block = DTYPES[dtype], int(block)
+        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
+            raise BenchError(f"diffusers: field 'crop' = {crop!r}; use a whole number of pixels "
+                             f"(the centre square of the decoded images to keep, e.g. 28 for a "
+                             f"model trained on 28x28 images padded to 32x32), or leave it out.")
+        self.torch_dtype, self.block, self.crop = DTYPES[dtype], int(block), crop
         self.folder = find_components(self.path, scheduler)
         self.components = self.folder.components
         self.kind = self.folder.kind
@@ -78,6 +82,8 @@ class DiffusersAdapter(ModelAdapter):
         self.latent = "vae" in self.components
         self.params: dict[str, Any] = {"path": str(path), "unet": self.unet_class,
                                        "prediction_type": ptype, "schedule": self.schedule.describe()}
+        if crop is not None:
+            self.params["crop"] = crop
         self._set_conditioning(unet_cfg.get("num_class_embeds"), null_class, embeddings,
                                null_embedding)
         self.guidance = self._check_guidance(guidance)
@@ -234,4 +240,11 @@ class DiffusersAdapter(ModelAdapter):
             with torch.no_grad():
                 x0 = torch.cat([vae.decode((z[None] / sf).to(vae.dtype)).sample
                                 for z in x0])  # one row at a time: batch-size invariant
+        if self.crop is not None:  # the centre crop x crop square (e.g. 28x28 of a padded 32x32)
+            h, w = x0.shape[-2:]
+            if self.crop > min(h, w):
+                raise BenchError(f"diffusers: field 'crop' = {self.crop} is larger than the decoded "
+                                 f"images ({h}x{w}); use at most {min(h, w)}.")
+            top, left = (h - self.crop) // 2, (w - self.crop) // 2
+            x0 = x0[..., top:top + self.crop, left:left + self.crop]
         return ((x0.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
