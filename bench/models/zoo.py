@@ -66,6 +66,17 @@ def fmnist_v(*, block: int = 16, dtype: str = "float32") -> DiffusersAdapter:
 fmnist_cond.validate_early = fmnist_v.validate_early = True  # type: ignore[attr-defined]
 
 
+@MODELS.register("fmnist-t2i", "Latent text-to-image model trained here on captioned Fashion-MNIST "
+                 "(AutoencoderKL + CLIP text encoder + UNet2DConditionModel, StableDiffusion-style "
+                 "folder); decoded 32x32 images are cropped to the 28x28 of the data")
+def fmnist_t2i(*, guidance: Any = None, block: int = 16, dtype: str = "float32",
+               crop: int | None = 28) -> DiffusersAdapter:
+    return _relative(DiffusersAdapter(path=str(shipped("fmnist-t2i")), guidance=guidance,
+                                      block=block, dtype=dtype, name="fmnist-t2i", crop=crop))
+
+
+fmnist_t2i.validate_early = True  # type: ignore[attr-defined]
+
 #: CLIP models trained here that score images (never a generator's own text encoder)
 SHIPPED_CLIPS = ("fmnist-clip",)
 
