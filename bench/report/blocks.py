@@ -5,7 +5,11 @@ A section (the code an eval registers, ``Eval.report_sections``) turns result ro
 and LaTeX renderers (``bench.report.render_*``) only lay them out. Which value of a column is
 best is decided here, once, from the metric's declared direction (``Metric.outputs``): the best
 finite value is marked ``best``, and every other value whose interval overlaps the best one's is
-marked ``tie`` (not distinguishable from it at the stated interval).
+marked ``tie`` (not distinguishable from it at the stated interval). A table whose columns are
+different metrics gives each column its own direction (``Table.directions``).
+
+A block may be meant for some formats only (``formats``; None: all): e.g. a table of 60 prompts
+in full on the sortable HTML page, and its top and bottom rows in Markdown and LaTeX.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class Text:
     """A paragraph; ``code`` spans are written between backticks."""
 
     text: str
+    #: the formats that show it ("md", "html", "latex"); None: every format
+    formats: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -61,6 +67,11 @@ class Table:
     higher_is_better: bool | None = None
     #: a short id (LaTeX label, HTML anchor, file name)
     key: str = ""
+    #: per column, its direction (overrides ``higher_is_better``): for tables whose columns are
+    #: different metrics; None for a column of labels
+    directions: list[bool | None] | None = None
+    #: the formats that show it ("md", "html", "latex"); None: every format
+    formats: tuple[str, ...] | None = None
 
 
 Block = Union[Heading, Text, Table, Figure]
@@ -71,6 +82,35 @@ class Document:
     title: str
     provenance: dict[str, str] = field(default_factory=dict)  # label -> text (header)
     blocks: list[Block] = field(default_factory=list)
+
+
+def shown(block: Block, fmt: str) -> bool:
+    """Whether the renderer of ``fmt`` writes the block (``formats``)."""
+    formats = getattr(block, "formats", None)
+    return formats is None or fmt in formats
+
+
+def column_directions(table: Table) -> list[bool | None]:
+    """The direction of each column: ``directions`` if given, else ``higher_is_better``."""
+    if table.directions is not None:
+        return list(table.directions) + [None] * (len(table.columns) - len(table.directions))
+    return [table.higher_is_better] * len(table.columns)
+
+
+def better_words(table: Table) -> str:
+    """What is better in the table's marked columns: 'higher is better', 'lower is better', or,
+    where the columns differ, per column ('higher is better for a; lower is better for b, c');
+    '' if nothing is marked."""
+    dirs = column_directions(table)
+    found = {d for d in dirs if d is not None}
+    if len(found) <= 1:
+        return "" if not found else f"{'higher' if found.pop() else 'lower'} is better"
+    parts = []
+    for d in (True, False):
+        cols = [c for c, x in zip(table.columns, dirs) if x is d]
+        if cols:
+            parts.append(f"{'higher' if d else 'lower'} is better for {', '.join(cols)}")
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -86,18 +126,18 @@ def overlaps(a: Value, b: Value) -> bool:
 
 
 def mark_best(table: Table) -> Table:
-    """Mark, per column, the best finite value by the table's direction, and the values whose
-    interval overlaps it (``tie``). Columns without Values and tables without a direction are
-    left unmarked."""
-    if table.higher_is_better is None:
-        return table
-    for j in range(len(table.columns)):
+    """Mark, per column, the best finite value by the column's direction (``column_directions``),
+    and the values whose interval overlaps it (``tie``). Columns without Values or without a
+    direction are left unmarked."""
+    for j, hib in enumerate(column_directions(table)):
+        if hib is None:
+            continue
         vals = [r[j] for r in table.rows if isinstance(r[j], Value) and finite(r[j].value)]
         for v in vals:
             v.mark = ""
         if not vals:
             continue
-        best = (max if table.higher_is_better else min)(vals, key=lambda v: v.value)
+        best = (max if hib else min)(vals, key=lambda v: v.value)
         best.mark = "best"
         for v in vals:
             if v is not best and overlaps(v, best):

@@ -1,5 +1,14 @@
-"""Sample galleries: PNG grids of the images a suite saved with ``gallery: N``, one row per
-condition (class or prompt), from ``RESULTS/_gallery/<suite>/<model>__<sampler>__nfe<N>/``."""
+"""Sample galleries: PNG grids of the images a suite saved with ``gallery: N``, from
+``RESULTS/_gallery/<suite>/<model>__<sampler>__nfe<N>/``.
+
+Up to ``ROWS_MAX`` conditions (e.g. ten classes): one row per condition (class or prompt),
+labelled with its name. More (e.g. 60 prompts): a captioned grid, ``GRID_COLUMNS`` conditions a
+row, one row block per category (in the order the conditions list them; a category's label at
+its first row), each cell the condition's first images (up to ``PER_CELL``) captioned with its
+id and (wrapped) text, so a reader can tell which prompt each image answers and look the id up
+in the report's per-prompt table. Ids and categories come from the cell's per-sample table
+(``_samples``), joined on the sample index; without it, the gallery's own names are used.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.integrity import CorruptFile, load_npz
+
+#: galleries with more conditions than this are a captioned grid, not one row per condition
+ROWS_MAX = 12
+#: conditions per row of a captioned grid, and images per condition shown in a cell
+GRID_COLUMNS = 10
+PER_CELL = 3
 
 
 def load_gallery(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str] | None]:
@@ -62,18 +77,132 @@ def grid_png(images: np.ndarray, cond: np.ndarray, names: dict[str, str] | None,
     return path
 
 
-def render_galleries(results: Path, suite: str, out: Path, slug) -> list[tuple[str, Path]]:
-    """(cell name, PNG) for every gallery the suite saved."""
+def sample_conditions(results: Path, suite: str, folders: set[str]) -> dict[str, dict[int, tuple]]:
+    """Per gallery folder name: sample index -> (condition id, text, category), from the
+    per-sample tables of the suite's cells (only those of ``folders`` are kept)."""
+    from bench.evals.gallery import gallery_dir
+    from bench.integrity import read_table
+
+    out: dict[str, dict[int, tuple]] = {}
+    root = Path(results) / "_samples" / suite
+    for f in sorted(root.glob("*.parquet")) if root.is_dir() else []:
+        try:
+            t = read_table(f).to_pandas()
+        except (CorruptFile, OSError):
+            continue
+        if t.empty or not {"model", "sampler", "nfe", "index", "cond_id"} <= set(t.columns):
+            continue
+        r = t.iloc[0]
+        name = gallery_dir(Path(results), suite, str(r["model"]), str(r["sampler"]),
+                           int(r["nfe"])).name
+        if name not in folders or name in out:
+            continue
+        text = t["cond_text"] if "cond_text" in t else [""] * len(t)
+        cat = t["category"] if "category" in t else [""] * len(t)
+        out[name] = {int(i): (str(c), str(x or ""), str(k or ""))
+                     for i, c, x, k in zip(t["index"], t["cond_id"], text, cat)}
+    return out
+
+
+def short(text: str, width: int = 22, lines: int = 3) -> str:
+    """``text`` wrapped to ``lines`` lines of ``width`` characters (cut with '...')."""
+    import textwrap
+
+    parts = textwrap.wrap(text, width) or [""]
+    if len(parts) > lines:
+        parts = parts[:lines]
+        parts[-1] = parts[-1][: width - 3].rstrip() + "..."
+    return "\n".join(parts)
+
+
+def captioned_grid_png(images: np.ndarray, cond: np.ndarray, info: dict[int, tuple[str, str, str]],
+                       title: str, path: Path, columns: int = GRID_COLUMNS,
+                       per_cell: int = PER_CELL) -> Path:
+    """A grid of conditions (``info``: condition -> (id, text, category)), ``columns`` a row,
+    one block of rows per category; each cell the condition's first ``per_cell`` images,
+    captioned with its id and text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = sorted(set(cond.tolist()))
+    groups: dict[str, list[int]] = {}
+    for k in conds:
+        groups.setdefault(info.get(k, ("", "", ""))[2], []).append(k)
+    layout: list[tuple[str, list[int]]] = []  # (row label, conditions of the row)
+    for cat, ks in groups.items():
+        for r in range(0, len(ks), columns):
+            layout.append((cat if r == 0 else "", ks[r:r + columns]))
+    n = min(per_cell, max(int((cond == k).sum()) for k in conds))
+    c, h, w = images.shape[1:]
+    cell_w = 1.25 * max(1.0, n * w / h / 1.6)
+    fig, axes = plt.subplots(len(layout), columns, squeeze=False, dpi=100,
+                             figsize=(columns * cell_w + 0.6, len(layout) * 1.8 + 0.6))
+    for r, (label, ks) in enumerate(layout):
+        for j in range(columns):
+            ax = axes[r][j]
+            if j >= len(ks):
+                ax.set_visible(False)
+                continue
+            k = ks[j]
+            sel = images[cond == k][:n]
+            tile = np.full((h, n * (w + 2) - 2, 3), 255, np.uint8)
+            for i, im in enumerate(sel):
+                rgb = np.repeat(im, 3, 0) if c == 1 else im[:3]
+                tile[:, i * (w + 2):i * (w + 2) + w] = rgb.transpose(1, 2, 0)
+            ax.imshow(tile, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cid, text, _ = info.get(k, (str(k), "", ""))
+            ax.set_title(cid, fontsize=7, pad=2)
+            if text and text != cid:
+                ax.set_xlabel(short(text), fontsize=5.5, labelpad=2, linespacing=1.0)
+            if j == 0 and label:
+                ax.set_ylabel(label, fontsize=8, fontweight="bold")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3, h_pad=0.8, w_pad=0.3,
+                     rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def render_galleries(results: Path, suite: str, out: Path, slug) -> list[tuple[str, Path, bool]]:
+    """(cell name, PNG, whether it is a captioned grid) for every gallery the suite saved."""
     root = Path(results) / "_gallery" / slug(suite)
     if not root.is_dir():
         return []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.npz")))
+    loaded = [(f, *load_gallery(f)) for f in folders]
+    many = {f.name for f, _, cond, _ in loaded if len(set(cond.tolist())) > ROWS_MAX}
+    per_sample = sample_conditions(Path(results), suite, many) if many else {}
     written = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.npz"))):
-        images, cond, names = load_gallery(folder)
+    for folder, images, cond, names in loaded:
         if not len(images):
             continue
         name = folder.name.replace("__", " / ")
-        png = grid_png(images, cond, names, f"{suite}: {name}",
-                       out / f"{slug(suite)}_gallery_{folder.name}.png")
-        written.append((name, png))
+        png = out / f"{slug(suite)}_gallery_{folder.name}.png"
+        if folder.name in many:
+            idx = load_index(folder)
+            known = per_sample.get(folder.name, {})
+            info: dict[int, tuple[str, str, str]] = {}
+            for k, i in zip(cond.tolist(), idx.tolist()):
+                fallback = (f"#{k}", (names or {}).get(str(k), ""), "")
+                info.setdefault(k, known.get(int(i), fallback))
+            written.append((name, captioned_grid_png(images, cond, info, f"{suite}: {name}", png),
+                            True))
+        else:
+            written.append((name, grid_png(images, cond, names, f"{suite}: {name}", png), False))
     return written
+
+
+def load_index(folder: Path) -> np.ndarray:
+    """The sample index of each image of ``load_gallery(folder)`` (same order)."""
+    idx = []
+    for p in sorted(folder.glob("*.npz")):
+        try:
+            idx.append(load_npz(p)["idx"])
+        except CorruptFile:
+            continue
+    return np.sort(np.concatenate(idx)) if idx else np.zeros(0, np.int64)

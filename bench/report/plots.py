@@ -44,3 +44,64 @@ def nfe_plot(df: pd.DataFrame, title: str, ylabel: str, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def tradeoff_plot(pts: pd.DataFrame, title: str, xlabel: str, ylabel: str, path: Path) -> Path:
+    """One panel per requested NFE (shared axes), one line per sampler through its points in
+    guidance-scale order; x and y with their intervals as error bars, each point labelled.
+
+    ``pts``: one row per point with ``sampler``, ``nfe``, ``_scale`` (the order along a line;
+    NaN first), ``label`` (the text beside the point), and ``value``, ``ci_low``, ``ci_high``
+    suffixed ``_x`` and ``_y``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nfes = sorted(int(n) for n in pts["nfe"].unique())
+    samplers = sorted(pts["sampler"].astype(str).unique())
+    ncol = min(len(nfes), 3)
+    nrow = -(-len(nfes) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 1.6, 4.0 * nrow), dpi=120,
+                             sharex=True, sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = ["o", "s", "^", "D", "v", "P"]
+
+    def err(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """[below, above] lengths; a missing or inverted bound draws no bar on that side."""
+        below = np.where(np.isfinite(lo) & (lo <= v), v - lo, 0.0)
+        above = np.where(np.isfinite(hi) & (hi >= v), hi - v, 0.0)
+        return np.vstack([below, above])
+
+    for k, nfe in enumerate(nfes):
+        ax = axes[k // ncol][k % ncol]
+        for i, sampler in enumerate(samplers):
+            g = pts[(pts["nfe"] == nfe) & (pts["sampler"].astype(str) == sampler)]
+            if g.empty:
+                continue
+            g = g.assign(_o=g["_scale"].astype(float).fillna(-np.inf)).sort_values("_o")
+            x, y = g["value_x"].to_numpy(float), g["value_y"].to_numpy(float)
+            ax.errorbar(x, y, xerr=err(x, g["ci_low_x"].to_numpy(float), g["ci_high_x"].to_numpy(float)),
+                        yerr=err(y, g["ci_low_y"].to_numpy(float), g["ci_high_y"].to_numpy(float)),
+                        color=colors[i % len(colors)], marker=markers[i // len(colors) % len(markers)],
+                        ms=4, lw=1.2, elinewidth=0.8, capsize=2, alpha=0.9,
+                        label=sampler if k == 0 else None)
+            for xi, yi, text in zip(x, y, g["label"].astype(str)):
+                ax.annotate(text, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7,
+                            color=colors[i % len(colors)])
+        ax.set_title(f"NFE {nfe}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if k % ncol == 0:
+            ax.set_ylabel(ylabel)
+        if k // ncol == nrow - 1:
+            ax.set_xlabel(xlabel)
+    for k in range(len(nfes), nrow * ncol):
+        axes[k // ncol][k % ncol].set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.legend(title="sampler", fontsize=8, title_fontsize=8, loc="upper left",
+               bbox_to_anchor=(1.0 - 1.5 / fig.get_figwidth(), 0.9))
+    fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

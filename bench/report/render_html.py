@@ -18,8 +18,8 @@ import math
 import re
 from html import escape
 
-from bench.report.blocks import (Document, Figure, Heading, Table, Text, Value, format_value,
-                                 interval_words)
+from bench.report.blocks import (Document, Figure, Heading, Table, Text, Value, better_words,
+                                 format_value, interval_words, shown)
 
 CSS = """
 :root { color-scheme: light; --line: #d0d4da; --head: #f2f4f7; --muted: #5b6470; }
@@ -193,9 +193,10 @@ def table_html(t: Table, style: str = "brackets", anchor: str = "") -> str:
     out += ["<tr>" + "".join(cell_html(c, style, j < len(numeric) and numeric[j])
                              for j, c in enumerate(r)) + "</tr>" for r in t.rows]
     out.append("</tbody></table></div>")
-    if t.higher_is_better is not None:
+    words = better_words(t)
+    if words:
         out.append(f'<p class="legend"><strong>Bold</strong>: the best value in its column '
-                   f"({'higher' if t.higher_is_better else 'lower'} is better); "
+                   f"({escape(words)}); "
                    f"<u>underlined</u>: its interval overlaps the best one's. "
                    f"Cells: {escape(interval_words(style))}. Click a column header to sort.</p>")
     return "\n".join(out)
@@ -225,6 +226,8 @@ def render_html(doc: Document, style: str = "brackets") -> str:
         out.append("</dl></header>")
     used: set[str] = set()
     for b in doc.blocks:
+        if not shown(b, "html"):
+            continue
         if isinstance(b, Heading):
             lvl = min(max(int(b.level), 2), 6)  # h1 is the title
             out.append(f"<h{lvl}>{inline(b.text)}</h{lvl}>")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from bench.report.blocks import (Document, Figure, Heading, Table, Text, Value, format_value,
-                                 interval_words)
+from bench.report.blocks import (Document, Figure, Heading, Table, Text, Value, better_words,
+                                 format_value, interval_words, shown)
 
 #: tables with more columns than this are set in \small (every table is shrunk to the line width
 #: if wider)
@@ -151,9 +151,10 @@ def caption_tex(t: Table, style: str) -> str:
         parts.append(inline(t.caption.rstrip(".") + "."))
     if any(isinstance(c, Value) for r in t.rows for c in r):
         parts.append(escape(f"Cells: {interval_words(style)}."))
-    if t.higher_is_better is not None:
-        parts.append(f"Bold: best in its column ({'higher' if t.higher_is_better else 'lower'} is "
-                     f"better); underlined: interval overlaps the best.")
+    words = better_words(t)
+    if words:
+        parts.append(f"Bold: best in its column ({escape(words)}); underlined: interval overlaps "
+                     f"the best.")
     return " ".join(parts)
 
 
@@ -205,6 +206,8 @@ def render_latex(doc: Document, style: str = "brackets") -> str:
             r"\end{flushleft}", ""]
     used: set[str] = set()
     for b in doc.blocks:
+        if not shown(b, "latex"):
+            continue
         if isinstance(b, Heading):
             cmd = _SECTION.get(b.level, "paragraph")
             out += [rf"\{cmd}*{{{inline(b.text)}}}", ""]

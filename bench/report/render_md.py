@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.report.blocks import Document, Figure, Heading, Table, Text, Value, format_value
+from bench.report.blocks import (Document, Figure, Heading, Table, Text, Value, better_words,
+                                 format_value, shown)
 
 
 def cell_md(c: object, style: str) -> str:
@@ -23,15 +24,18 @@ def render_md(doc: Document, style: str = "brackets") -> str:
     if doc.provenance:
         out += ["; ".join(f"{k}: {v}" for k, v in doc.provenance.items()) + ".", ""]
     for b in doc.blocks:
+        if not shown(b, "md"):
+            continue
         if isinstance(b, Heading):
             out += ["#" * b.level + " " + b.text, ""]
         elif isinstance(b, Text):
             out += [b.text, ""]
         elif isinstance(b, Table):
             out += [table_md(b, style), ""]
-            if b.higher_is_better is not None:
-                out += [f"Bold: the best value in its column ({'higher' if b.higher_is_better else 'lower'} "
-                        f"is better); italic: its interval overlaps the best one's.", ""]
+            words = better_words(b)
+            if words:
+                out += [f"Bold: the best value in its column ({words}); italic: its interval "
+                        f"overlaps the best one's.", ""]
             elif b.caption:
                 out += [b.caption, ""]
         elif isinstance(b, Figure):

@@ -93,13 +93,16 @@ def cost_table(g: pd.DataFrame) -> Table:
 
 
 def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
-    """Sharded evals (nfe_curve, fidelity): per (model, metric) a sampler x NFE table, the fitted
-    convergence slopes, a log-log plot with interval bands, and the cost."""
+    """Sharded evals (nfe_curve, fidelity): with CLIPScore rows first the text-to-image views
+    (``bench.report.t2i``: the guidance trade-off, per category and per prompt), then per
+    (model, metric) a sampler x NFE table, the fitted convergence slopes, a log-log plot with
+    interval bands, and the cost."""
     from bench.report.plots import nfe_plot
+    from bench.report.t2i import t2i_sections
     from bench.samplers import sampler_info
     from bench.metrics.base import find_output
 
-    out: list[Block] = []
+    out: list[Block] = t2i_sections(sdf, ctx)
     sampled = sdf[sdf["slice"] == "all"]
     for (model, metric), g in sampled.groupby(["model", "metric"], sort=True):
         out += [Heading(f"{model} — {metric}"),
@@ -166,8 +169,17 @@ def gallery_sections(ctx: ReportContext) -> list[Block]:
     galleries = render_galleries(ctx.results, ctx.suite, ctx.out, ctx.slug)
     if not galleries:
         return []
-    out: list[Block] = [Heading("Samples"), Text("The first samples of each cell (same initial "
-                                                 "noise across samplers), one row per condition.")]
-    for name, png in galleries:
-        out += [Heading(name, 3), Figure(png, f"samples: {name}")]
+    from bench.report.galleries import GRID_COLUMNS, ROWS_MAX
+
+    intro = ("The first samples of each cell (same initial noise across samplers), one row per "
+             "condition.")
+    if any(grid for _, _, grid in galleries):
+        intro = (f"The first samples of each cell (same initial noise across samplers): up to "
+                 f"{ROWS_MAX} conditions, one row per condition; more, a grid of {GRID_COLUMNS} "
+                 f"conditions a row, one block of rows per category, each image captioned with "
+                 f"its condition's id (as in the per-prompt table) and text.")
+    out: list[Block] = [Heading("Samples"), Text(intro)]
+    for name, png, grid in galleries:
+        out += [Heading(name, 3), Figure(png, f"samples: {name}" + (
+            " (by category; caption: condition id and text)" if grid else ""))]
     return out
