@@ -129,11 +129,13 @@ def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
                          f"{f['nfe_min']}–{f['nfe_max']} ({f['points']} points)"])
         out += [Table(["sampler", "slope", "theory", "NFE range"], rows, key=f"{metric}-slopes",
                       caption="Fitted slope of log " + metric + " against log counted NFE"
-                      + (f" (NFE >= {ctx.fit_min_nfe})" if ctx.fit_min_nfe else "") + ". Theory is "
-                      "the solver's order of accuracy for these parameters; stochastic samplers "
-                      "have none. `lower_order_final` ends UniPC (at any step count) and "
-                      "DPM-Solver++ multistep (below 15 steps) with lower-order steps, which "
-                      "caps their observed slope near -2.")]
+                      + (f" (NFE >= {ctx.fit_min_nfe})" if ctx.fit_min_nfe else "") + "."
+                      + (" Theory is the solver's order of accuracy for these parameters; "
+                         "stochastic samplers have none. `lower_order_final` ends UniPC (at any "
+                         "step count) and DPM-Solver++ multistep (below 15 steps) with "
+                         "lower-order steps, which caps their observed slope near -2."
+                         if converges else " The metric is not an error against an ODE "
+                         "solution, so no order of accuracy applies."))]
         png = nfe_plot(g, f"{ctx.suite}: {model}", metric,
                        ctx.out / f"{ctx.slug(ctx.suite)}_{ctx.slug(model)}_{ctx.slug(metric)}.png")
         out += [Figure(png, f"{metric} against counted NFE (log-log); bands: "
