@@ -771,6 +771,9 @@ def export_t2i(cfg: T2ITrainConfig, unet: Any, vae: Any, text_encoder: Any, tok:
 
     folder = cfg.out_dir / "model"
     unet.eval()
+    # from_pretrained records the folder it read as _name_or_path; a shipped config must not
+    # carry this machine's path
+    vae.register_to_config(_name_or_path="")
     pipe = StableDiffusionPipeline(vae=vae.cpu(), text_encoder=text_encoder.cpu(), tokenizer=tok,
                                    unet=unet.cpu(), scheduler=sched, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)

@@ -37,6 +37,9 @@ def test_no_machine_paths_in_tracked_files():
     bad = [f for f in files if (ROOT / f).is_file() and not f.endswith(".png")
            and parent in (ROOT / f).read_text(errors="ignore")]
     assert bad == []
+    # configs written by save_pretrained record the folder they were loaded from
+    recorded = [f for f in files if f.endswith(".json") and '"_name_or_path": "/' in (ROOT / f).read_text()]
+    assert recorded == []
 
 
 def test_top_level_layout():

@@ -241,6 +241,8 @@ def test_export_opens_in_stable_diffusion_pipeline_offline(parts) -> None:
     folder = parts["t2i"]
     index = json.loads((folder / "model_index.json").read_text())
     assert index["requires_safety_checker"] is False
+    for part in ("vae", "unet", "text_encoder"):  # no path of the training machine is shipped
+        assert str(parts["root"]) not in (folder / part / "config.json").read_text(), part
     assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
     assert "PSNR" in (folder / "vae" / "source_README.md").read_text()  # the VAE's own card
     from transformers import CLIPTokenizer
