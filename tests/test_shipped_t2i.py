@@ -19,9 +19,6 @@ from bench.metrics.clipscore import ClipScore
 from bench.models.zoo import CHECKPOINTS
 
 T2I = CHECKPOINTS / "fmnist-t2i" / "model"
-CLIP = CHECKPOINTS / "fmnist-clip" / "model"
-need_clip = pytest.mark.skipif(not (CLIP / "model.safetensors").is_file(), reason="fmnist-clip not shipped")
-need_t2i = pytest.mark.skipif(not (T2I / "model_index.json").is_file(), reason="fmnist-t2i not shipped")
 
 
 def score(images: torch.Tensor, texts: list[str], ids: list[str]) -> tuple[float, float, float]:
@@ -41,7 +38,6 @@ def own_vs_other(images: torch.Tensor, texts: list[str], ids: list[str]) -> None
     assert own[0] - other[0] > 5, (own, other)
 
 
-@need_clip
 def test_clipscore_of_test_images_with_their_own_captions_beats_other_captions(fmnist):
     from bench.data.captions import HELD_OUT_TEMPLATES, render
     from bench.train_clip import load_captioned
@@ -73,7 +69,6 @@ def t2i_generation(prompts: list[dict], steps: int, scale: float):
     return generate(model, spec, idx, 0, conds.for_indices(idx), decode=True)
 
 
-@need_t2i
 def test_pipeline_and_harness_ddim_agree_on_the_shipped_model():
     from diffusers import StableDiffusionPipeline
 
@@ -91,8 +86,6 @@ def test_pipeline_and_harness_ddim_agree_on_the_shipped_model():
     assert ours.std() > 10  # not a blank image
 
 
-@need_t2i
-@need_clip
 def test_generated_images_score_higher_with_their_own_prompts():
     from bench.data.captions import eval_prompts
 
@@ -101,7 +94,6 @@ def test_generated_images_score_higher_with_their_own_prompts():
     own_vs_other(gen.images, [p["prompt"] for p in prompts], [p["id"] for p in prompts])
 
 
-@need_t2i
 def test_crop_is_checked():
     from bench.errors import BenchError
     from bench.registry import MODELS

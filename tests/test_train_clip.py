@@ -69,7 +69,6 @@ def test_processor_of_the_export_matches_the_training_transform(tmp_path, fmnist
     assert 0 <= meta["eval"]["zero_shot_accuracy"] <= 1 and meta["steps"] == 1
 
 
-@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="fmnist-clip not shipped")
 def test_shipped_fmnist_clip_classifies_and_reads_attributes(fmnist):
     """The shipped weights match their card and know the classes and attribute words: zero-shot
     accuracy on 2000 test images far above chance (0.1), and the brightness word right more
