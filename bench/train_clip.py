@@ -113,14 +113,14 @@ class CaptionedData:
 
 
 def load_captioned(dataset: str, limit: int = 0) -> CaptionedData:
-    from bench.data import open_dataset
+    """The first ``limit`` images (0: all) with labels, measured attributes and the content hash
+    of exactly those images. Attributes are a pure function of each image and its label
+    (:func:`bench.data.captions.measure`), so a subset gets the captions it has in the full set."""
     from bench.data.captions import measure
+    from bench.train_latent import load_images
 
-    ds = open_dataset(dataset)
-    n = min(limit, len(ds)) if limit else len(ds)
-    imgs = np.array(ds.images(0, n), copy=True).reshape(n, 28, 28)
-    labels = np.asarray(ds.labels, dtype=np.int64)[:n]
-    return CaptionedData(imgs, labels, measure(imgs, labels), ds.content_hash())
+    imgs, labels, content_hash = load_images(dataset, limit)
+    return CaptionedData(imgs, labels, measure(imgs, labels), content_hash)
 
 
 def captions_for(data: CaptionedData, idx: np.ndarray, seed: int, k: int) -> list[str]:

@@ -249,17 +249,6 @@ def load_images(dataset: str, limit: int = 0) -> tuple[np.ndarray, np.ndarray, s
     return imgs[:, 0], labels, ds.content_hash(limit=n if limit else None)
 
 
-def load_captioned_subset(dataset: str, limit: int = 0) -> Any:
-    """:class:`bench.train_clip.CaptionedData` of the first ``limit`` images (0: all). The
-    attributes are a pure function of each image and its label (bench.data.captions.measure), so
-    a subset gets exactly the captions its images have in the full set."""
-    from bench.data.captions import measure
-    from bench.train_clip import CaptionedData
-
-    imgs, labels, content_hash = load_images(dataset, limit)
-    return CaptionedData(imgs, labels, measure(imgs, labels), content_hash)
-
-
 # ------------------------------------------------------------------------------------ VAE
 def build_vae(cfg: VaeTrainConfig) -> Any:
     from diffusers import AutoencoderKL
@@ -733,7 +722,9 @@ def train_t2i(cfg: T2ITrainConfig, command: str | None = None, device: str | Non
     dev = _setup(cfg, device)
     vae, vae_hash = load_vae(where, cfg.vae, dev)
     text_encoder, tok, text_hash = load_text_encoder(where, cfg.text_encoder, dev)
-    data = load_captioned_subset(cfg.dataset, cfg.limit)
+    from bench.train_clip import load_captioned
+
+    data = load_captioned(cfg.dataset, cfg.limit)
     if len(data.labels) < cfg.batch_size:
         raise BenchError(f"{where}: field 'batch_size' = {cfg.batch_size}: the data have only "
                          f"{len(data.labels)} images.")
