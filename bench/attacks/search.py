@@ -1,0 +1,196 @@
+"""Attack search over prompt perturbations (Gao et al. 2023, arXiv 2306.13103, section 4).
+
+A *query* generates one set of images for a prompt (from the same initial noises as the
+original prompt's set) and measures it against the original: ``query(prompt) -> Outcome``
+(the searched objective, larger = stronger attack, and the success test's p-value). Searches
+only see that function, so they run unchanged on a text-to-image model, on a keyword oracle,
+or replayed from a checkpointed log.
+
+* ``word_importance``: each perturbable word's objective when it is deleted from the prompt
+  (one query per word), highest first.
+* ``greedy_attack``: the paper's greedy search: words in importance order; for each, up to
+  ``k`` candidates of the rule, each queried; the best candidate is kept when it raises the
+  objective; stop at the first success (p-value < alpha), at ``budget.max_words`` words
+  changed, or when ``queries`` are spent. The importance queries are charged to the same
+  budget, so greedy and random spend exactly the same number of generated sets.
+* ``random_attack``: the "human random attack" baseline: up to ``queries`` random perturbations
+  within the same budget (``perturb.random_perturbation``), stopping at the first success.
+
+Every candidate keeps to the budget relative to the *original* prompt (words changed and edit
+fraction), and every step is recorded, so an attack can be replayed query by query.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import jellyfish
+
+from bench.attacks.perturb import (Budget, perturbable_words, random_perturbation, replace_word,
+                                   split_words, word_candidates)
+
+__all__ = ["Outcome", "Step", "AttackResult", "word_importance", "greedy_attack", "random_attack",
+           "ablate", "SEARCHES"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one query measured: the searched objective, the success test's p-value, and every
+    objective and p-value measured (for the rows)."""
+
+    objective: float
+    p_value: float
+    values: dict[str, float] = field(default_factory=dict)
+
+
+QueryFn = Callable[[str], Outcome]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One query of a search: ``phase`` importance | candidate | random."""
+
+    query: int
+    phase: str
+    prompt: str
+    word_index: int
+    outcome: Outcome
+    accepted: bool
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """One attack on one prompt. ``outcome`` is None when no candidate was ever queried (the
+    recorded "no candidate" outcome)."""
+
+    original: str
+    adversarial: str
+    rule: str
+    search: str
+    words_changed: tuple[int, ...]
+    edit_distance: int
+    outcome: Outcome | None
+    success: bool
+    steps: tuple[Step, ...]
+    note: str = ""
+
+    @property
+    def queries(self) -> int:
+        return len(self.steps)
+
+
+def ablate(prompt: str, index: int) -> str:
+    """``prompt`` without word ``index`` (runs of spaces left by the deletion collapsed)."""
+    word = split_words(prompt)[index]
+    out = replace_word(prompt, word, "")
+    return re.sub(r" {2,}", " ", out).strip()
+
+
+def word_importance(prompt: str, query: QueryFn, include_stop_words: bool = False,
+                    max_queries: int | None = None) -> list[tuple[int, Outcome]]:
+    """(word index, outcome of the prompt without that word), highest objective first (ties:
+    earlier word first); at most ``max_queries`` words are measured, in prompt order."""
+    return _rank(prompt, lambda i: query(ablate(prompt, i)), include_stop_words, max_queries)
+
+
+def _rank(prompt: str, measure: Callable[[int], Outcome], include_stop_words: bool,
+          max_queries: int | None) -> list[tuple[int, Outcome]]:
+    words = perturbable_words(prompt, include_stop_words)
+    if max_queries is not None:
+        words = words[:max(0, max_queries)]
+    scored = [(w.index, measure(w.index)) for w in words]
+    return sorted(scored, key=lambda t: (-t[1].objective, t[0]))
+
+
+def _result(prompt: str, adversarial: str, rule: str, search: str, changed: list[int],
+            best: Outcome | None, alpha: float, steps: list[Step], note: str = "") -> AttackResult:
+    return AttackResult(prompt, adversarial, rule, search, tuple(sorted(changed)),
+                        jellyfish.levenshtein_distance(prompt, adversarial), best,
+                        best is not None and best.p_value < alpha, tuple(steps), note)
+
+
+def greedy_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Budget(),
+                  queries: int = 20, k: int = 5, alpha: float = 0.05, seed: int = 0,
+                  include_stop_words: bool = False) -> AttackResult:
+    """The greedy word-level search (module doc)."""
+    _check(queries, k, alpha)
+    steps: list[Step] = []
+
+    def ask(phase: str, text: str, index: int) -> Outcome:
+        out = query(text)
+        steps.append(Step(len(steps), phase, text, index, out, False))
+        return out
+
+    ranked = _rank(prompt, lambda i: ask("importance", ablate(prompt, i), i), include_stop_words,
+                   max_queries=queries)
+    current, best, changed = prompt, None, []
+    for index, _ in ranked:
+        if len(steps) >= queries or len(changed) >= budget.max_words or (
+                best is not None and best.p_value < alpha):
+            break
+        cands = [c for c in word_candidates(current, index, rule, seed, 4 * k, Budget(1, 1.0),
+                                            include_stop_words)
+                 if budget.allows(prompt, c, len(changed) + 1)][:k]
+        word_best: tuple[str, Outcome, int] | None = None
+        for cand in cands:
+            if len(steps) >= queries:
+                break
+            out = ask("candidate", cand, index)
+            if word_best is None or out.objective > word_best[1].objective:
+                word_best = (cand, out, len(steps) - 1)
+            if out.p_value < alpha:
+                break
+        if word_best is not None and (best is None or word_best[1].objective > best.objective):
+            current, best = word_best[0], word_best[1]
+            changed.append(index)
+            j = word_best[2]
+            steps[j] = Step(j, "candidate", steps[j].prompt, index, steps[j].outcome, True)
+    note = "" if best is not None else ("no perturbable word" if not ranked else
+                                         "no candidate within the budget")
+    return _result(prompt, current, rule, "greedy", changed, best, alpha, steps, note)
+
+
+def random_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Budget(),
+                  queries: int = 20, alpha: float = 0.05, seed: int = 0,
+                  include_stop_words: bool = False, **_: object) -> AttackResult:
+    """The random baseline (module doc): distinct random perturbations, ``queries`` at most;
+    the adversarial prompt is the first success, or else the highest objective."""
+    _check(queries, 1, alpha)
+    steps: list[Step] = []
+    seen: set[str] = set()
+    best: tuple[Outcome, str, tuple[int, ...]] | None = None
+    for draw in range(20 * queries):
+        if len(steps) >= queries or (best is not None and best[0].p_value < alpha):
+            break
+        pert = random_perturbation(prompt, rule, budget, seed=seed * 1_000_003 + draw,
+                                   include_stop_words=include_stop_words)
+        if pert is None:
+            break
+        if pert.perturbed in seen:
+            continue
+        seen.add(pert.perturbed)
+        out = query(pert.perturbed)
+        word = pert.words_changed[0] if pert.words_changed else -1
+        steps.append(Step(len(steps), "random", pert.perturbed, word, out, False))
+        if best is None or out.objective > best[0].objective or out.p_value < alpha <= best[0].p_value:
+            best = (out, pert.perturbed, pert.words_changed)
+    if best is None:
+        return _result(prompt, prompt, rule, "random", [], None, alpha, steps,
+                       "no perturbable word" if not perturbable_words(prompt, include_stop_words)
+                       else "no candidate within the budget")
+    j = next(s.query for s in steps if s.prompt == best[1])
+    steps[j] = Step(j, "random", steps[j].prompt, steps[j].word_index, steps[j].outcome, True)
+    return _result(prompt, best[1], rule, "random", list(best[2]), best[0], alpha, steps)
+
+
+def _check(queries: int, k: int, alpha: float) -> None:
+    for name, v in (("queries", queries), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {v!r}; e.g. {name}=10")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}; e.g. alpha=0.05")
+
+
+SEARCHES: dict[str, Callable[..., AttackResult]] = {"greedy": greedy_attack, "random": random_attack}
