@@ -809,8 +809,9 @@ Points = list[tuple[int, dict[str, Any], dict[str, Any], Any, list[tuple[int, in
 
 def plan_points(suite: Suite) -> Points:
     """Per (sampler, eval): (sampler index, sampler, eval, eval object, [(nfe, steps), ...]).
-    NFEs a sampler cannot reach raise or round; a loop eval has one point, (nfe_max, the most
-    steps it probes). Cheap: nothing per sample or per shard."""
+    NFEs a sampler cannot reach raise or round; an eval with points of its own
+    (``Eval.points``: nfe_to_target's one point at nfe_max) uses those. Cheap: nothing per
+    sample or per shard."""
     from bench.samplers import sampler_info, steps_for_nfe
     from bench.samplers.schedules import grid_final_zero
 
@@ -820,8 +821,9 @@ def plan_points(suite: Suite) -> Points:
         info = sampler_info(smp["name"])
         fz = grid_final_zero(smp["grid"])
         for ev, ev_obj in zip(suite.evals, suite.eval_objects):
-            if ev_obj.shape == "loop":
-                points = [(ev_obj.nfe_max, ev_obj.step_range(smp)[1])]
+            own = ev_obj.points(smp)
+            if own is not None:
+                points = own
             else:
                 points = []
                 for n_i, nfe in enumerate(d["nfe"]):
@@ -843,16 +845,13 @@ def dry_run(suite: Suite, points: Points) -> None:
     diffusers scheduler that cannot make the NFE) is a SuiteError now, not in every job.
     Errors other than ValueError, TypeError and BenchError are left to the job."""
     from bench.generate import start_sampler
-    from bench.samplers import nfe_for_steps, sampler_info
-    from bench.samplers.schedules import grid_final_zero, make_grid
+    from bench.samplers import sampler_info
+    from bench.samplers.schedules import make_grid
 
     runs: dict[tuple[int, int], dict[int, int]] = {}  # (sampler, model) -> steps -> an NFE
     for si, smp, _, ev_obj, pts in points:
         pts = list(pts)
-        if ev_obj.shape == "loop":  # the bisection probes down to its smallest step count
-            lo = ev_obj.step_range(smp)[0]
-            pts.append((nfe_for_steps(sampler_info(smp["name"]).evals_per_step, lo,
-                                      grid_final_zero(smp["grid"])), lo))
+        pts += ev_obj.probe_steps(smp)  # e.g. the bisection's smallest step count
         for mi in range(len(suite.adapters)):
             for nfe, steps in pts:
                 runs.setdefault((si, mi), {}).setdefault(steps, nfe)
@@ -929,13 +928,14 @@ def plan(suite: Suite) -> list[Shard]:
 
 def rounding_notes(suite: Suite, shards: list[Shard]) -> list[str]:
     """Human-readable notes for every NFE that was rounded explicitly."""
+    from bench.evals.base import Eval
     from bench.samplers import nfe_for_steps, sampler_info
     from bench.samplers.schedules import grid_final_zero
 
     notes = set()
     for c in shards:
-        if EVALS.get(c.eval["name"]).shape == "loop":
-            continue
+        if EVALS.get(c.eval["name"]).points is not Eval.points:
+            continue  # the eval's own points (nfe_to_target), not a rounded NFE list
         used = nfe_for_steps(sampler_info(c.sampler["name"]).evals_per_step, c.steps,
                              grid_final_zero(c.sampler["grid"]))
         if used != c.nfe:

@@ -68,6 +68,14 @@ class Eval(ABC):
         the cell key)."""
         return []
 
+    def points(self, sampler: dict[str, Any]) -> list[tuple[int, int]] | None:
+        """The (nfe, steps) of this eval's cells for ``sampler``; None: the suite's NFE list."""
+        return None
+
+    def probe_steps(self, sampler: dict[str, Any]) -> list[tuple[int, int]]:
+        """Further (nfe, steps) a loop eval may run at inside its cells (checked by the dry run)."""
+        return []
+
     @abstractmethod
     def run_shard(self, shard: Any, models: Models, cache_dir: Any = None,
                   progress: Any = None) -> ShardResult:

@@ -76,6 +76,19 @@ class NFEToTarget(Eval):
     def reached(self, value: float) -> bool:
         return value >= self.target if self.higher else value <= self.target
 
+    def points(self, sampler: dict[str, Any]) -> list[tuple[int, int]]:
+        """One cell per sampler, at nfe_max and the most steps it probes."""
+        return [(self.nfe_max, self.step_range(sampler)[1])]
+
+    def probe_steps(self, sampler: dict[str, Any]) -> list[tuple[int, int]]:
+        """The bisection probes down to the smallest step count."""
+        from bench.samplers import nfe_for_steps, sampler_info
+        from bench.samplers.schedules import grid_final_zero
+
+        lo = self.step_range(sampler)[0]
+        return [(nfe_for_steps(sampler_info(sampler["name"]).evals_per_step, lo,
+                               grid_final_zero(sampler["grid"])), lo)]
+
     def step_range(self, sampler: dict[str, Any]) -> tuple[int, int]:
         """Smallest and largest step counts whose NFE lies in [nfe_min, nfe_max]."""
         from bench.samplers import nfe_for_steps, sampler_info
