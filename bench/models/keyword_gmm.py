@@ -11,6 +11,7 @@ succeed.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -90,3 +91,14 @@ class KeywordGMM(GMMOracle):
             raise BenchError("gmm-keyword: field 'guidance' is not supported; the prompt picks "
                              "the component.")
         return _RowsDenoiser(GMMDenoiser(self, torch.device(device)))
+
+
+def _signature() -> inspect.Signature:
+    """The gmm oracle's parameters plus ``keywords`` (what suites may set and sweep)."""
+    base = inspect.signature(GMMOracle.__init__)
+    kw = inspect.Parameter("keywords", inspect.Parameter.KEYWORD_ONLY, default=(),
+                           annotation="Sequence[str]")
+    return base.replace(parameters=[*base.parameters.values(), kw])
+
+
+KeywordGMM.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
