@@ -12,6 +12,7 @@ pyarrow skips names starting with ``_`` or ``.``)::
     DIR/_runs/<run_id>.json        manifest of one `bench run`
     DIR/_cache/                    content-keyed caches (e.g. oracle ground truth)
     DIR/_gallery/                  decoded images of the first samples of cells (``gallery: N``)
+    DIR/_attacks/                  original-vs-adversarial images of robustness attacks
     DIR/_jobs/                     submitit job folders and logs
     DIR/_corrupt/                  files that failed their check, moved aside (``bench.integrity``)
 

@@ -66,6 +66,15 @@ def test_attacks_on_the_keyword_oracle(cli, write_suite, tmp_path):
     per_attack = rows[rows["metric"] == "attack_success"]
     assert len(per_attack) == 12 and per_attack["slice"].str.startswith("prompt=").all()
 
+    code, out, err = cli("report", tmp_path / "r", "--suite", "rob", "--out", tmp_path / "rep",
+                         "--format", "md,latex")
+    assert code == 0, err
+    md = (tmp_path / "rep" / "rob.md").read_text()
+    assert "Attack success rate" in md and "typo / greedy" in md and "all rules / random" in md
+    assert "0.667 [" in md  # greedy's 2 of 3 with its Wilson interval
+    assert (tmp_path / "rep" / "rob_attack_objectives.png").is_file()
+    assert "\\begin{tabular}" in (tmp_path / "rep" / "rob.tex").read_text()
+
 
 def test_bad_parameters_fail_plan(cli, write_suite):
     cases = (({"rules": ["leet"]}, "rules"), ({"budget": {"max_words": 0}}, "budget"),

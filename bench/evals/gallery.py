@@ -12,9 +12,12 @@ import numpy as np
 from bench.integrity import save_npz
 
 
-def gallery_dir(results_dir: Path, suite: str, model: str, sampler: str, nfe: int) -> Path:
+def gallery_dir(results_dir: Path, suite: str, model: str, sampler: str, nfe: int,
+                root: str = "_gallery") -> Path:
+    """``DIR/<root>/<suite>/<model>__<sampler>__nfe<N>`` (``_gallery``: first samples of cells;
+    ``_attacks``: original-vs-adversarial images of the robustness eval)."""
     slug = lambda v: re.sub(r"[^A-Za-z0-9_.=-]+", "-", v).strip("-")  # noqa: E731
-    return results_dir / "_gallery" / slug(suite) / f"{slug(model)}__{slug(sampler)}__nfe{nfe}"
+    return Path(results_dir) / root / slug(suite) / f"{slug(model)}__{slug(sampler)}__nfe{nfe}"
 
 
 def save_gallery(cache_dir: Any, shard: Any, gen: Any, limit: int) -> None:

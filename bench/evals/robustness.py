@@ -31,8 +31,10 @@ row per attack (``candidate`` = the adversarial prompt).
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +48,7 @@ from bench.attacks.search import SEARCHES, AttackResult, Outcome
 from bench.conditions import Condition
 from bench.errors import BenchError, FieldError
 from bench.evals.base import Eval, Models, ShardResult
+from bench.evals.gallery import gallery_dir
 from bench.generate import SamplerSpec, generate
 from bench.metrics.base import Output
 from bench.registry import EVALS
@@ -53,6 +56,8 @@ from bench.registry import EVALS
 if TYPE_CHECKING:
     import pandas as pd
 
+#: the results folder's subfolder of original-vs-adversarial images (``bench.store`` layout)
+ATTACKS_DIR = "_attacks"
 OBJECTIVES = {"clipscore_drop": "clipscore_drop", "kl": "kl", "mmd": "mmd2"}
 TESTS = {"mannwhitney": "mw_p", "mmd": "mmd_p"}
 WILSON = "Wilson score 95% interval over attacked prompts"
@@ -100,7 +105,7 @@ def _attack_dict(r: AttackResult) -> dict[str, Any]:
                 "candidates, budget, objective, test, alpha, clip)")
 class Robustness(Eval):
     shape = "loop"
-    report_sections = "bench.report.sections:sampled_sections"
+    report_sections = "bench.report.robustness:robustness_sections"
     outputs = OUTPUTS
 
     def __init__(self, *, rules: Any = ("typo", "glyph", "phonetic"),
@@ -108,7 +113,7 @@ class Robustness(Eval):
                  candidates: int = 3, budget: Any = None, objective: str = "clipscore_drop",
                  test: str = "mannwhitney", alpha: float = 0.05, permutations: int = 200,
                  clip: str | None = "fmnist-clip", arch: str = "ViT-B-32",
-                 include_stop_words: bool = False, attack_seed: int = 0) -> None:
+                 include_stop_words: bool = False, attack_seed: int = 0, gallery: int = 4) -> None:
         rules = [rules] if isinstance(rules, str) else rules
         searches = [searches] if isinstance(searches, str) else searches
         for name, got, known in (("rules", rules, RULES), ("searches", searches, SEARCHES)):
@@ -120,7 +125,7 @@ class Robustness(Eval):
                                      f"use any of: {', '.join(known)}.")
         for name, v, lo in (("images", images, 2), ("queries", queries, 1),
                             ("candidates", candidates, 1), ("permutations", permutations, 1),
-                            ("attack_seed", attack_seed, 0)):
+                            ("attack_seed", attack_seed, 0), ("gallery", gallery, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise FieldError(name, f"= {v!r}.", f"use a whole number >= {lo}.")
         b = budget or {}
@@ -146,12 +151,13 @@ class Robustness(Eval):
         self.objective, self.test, self.alpha = objective, test, float(alpha)
         self.permutations, self.clip, self.arch = permutations, clip, arch
         self.include_stop_words, self.attack_seed = bool(include_stop_words), attack_seed
+        self.gallery = min(gallery, images)
         super().__init__(rules=self.rules, searches=self.searches, images=images, queries=queries,
                          candidates=candidates, budget={"max_words": self.budget.max_words,
                                                         "max_edit_fraction": self.budget.max_edit_fraction},
                          objective=objective, test=test, alpha=self.alpha, permutations=permutations,
                          clip=clip, arch=arch, include_stop_words=self.include_stop_words,
-                         attack_seed=attack_seed)
+                         attack_seed=attack_seed, gallery=self.gallery)
 
     def metric_specs(self) -> list[tuple[str, dict[str, Any]]]:
         return [] if self.clip is None else [("clipscore", {"clip": self.clip, "arch": self.arch})]
@@ -249,10 +255,44 @@ class Robustness(Eval):
                         progress.save()
                     bar.update()
         bar.close()
+        if scorer is not None and self.gallery and cache_dir is not None:
+            self._save_galleries(shard, loaded, spec, prompts, meta["attacks"], Path(cache_dir).parent)
         meta.update(prompts=[{"id": c.id, "text": c.text, "category": c.category} for c in prompts],
                     wall_s=meta.get("wall_s", 0.0) + time.perf_counter() - t_start,
                     device=models.device_name(loaded), n_samples=len(prompts) * self.images)
         return {}, meta
+
+    def _save_galleries(self, shard: Any, loaded: Any, spec: SamplerSpec, prompts: list[Condition],
+                        attacks: list[dict[str, Any]], results_dir: Path) -> None:
+        """The first ``gallery`` images of the original and of the adversarial prompt of every
+        attack that queried a candidate, regenerated from the same noises (deterministic, so a
+        resumed shard writes the same files): ``gallery_dir(..., ATTACKS_DIR)/<n>.npz``."""
+        from bench.integrity import save_npz
+
+        folder = gallery_dir(results_dir, shard.suite, shard.model["label"], shard.sampler["label"],
+                             shard.nfe, root=ATTACKS_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = np.arange(self.gallery, dtype=np.int64)
+        cache: dict[str, np.ndarray] = {}
+
+        def images(text: str) -> np.ndarray:
+            if text not in cache:
+                gen = generate(loaded, spec, idx, shard.seed, [Condition(id="g", text=text)] * len(idx),
+                               negative_prompt=shard.conditions.negative_prompt, decode=True)
+                cache[text] = gen.images.cpu().numpy()
+            return cache[text]
+
+        for n, a in enumerate(sorted(attacks, key=lambda a: (a["cond"], a["rule"], a["search"]))):
+            if a["outcome"] is None:
+                continue
+            c = prompts[a["cond"]]
+            info = {"cond_id": c.id, "category": c.category, "rule": a["rule"],
+                    "search": a["search"], "original": a["original"],
+                    "adversarial": a["adversarial"], "success": a["success"],
+                    "p_value": a["outcome"]["p_value"], "objective": a["outcome"]["objective"]}
+            save_npz(folder / f"{n:05d}.npz", {"original": images(a["original"]),
+                                               "adversarial": images(a["adversarial"]),
+                                               "info": np.array(json.dumps(info))})
 
     def _scores(self, scorer: Any, emb: np.ndarray, prompt: str) -> np.ndarray:
         from bench.metrics.clipscore import scores
