@@ -25,9 +25,9 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +54,8 @@ class ClipTrainConfig:
     out: str = ""
     limit: int = 0  # use only the first `limit` images of each data set (tests); 0: all
     caption_seed: int = 0
+    caption_perturb: float = 0.0  # share of training captions changed by one perturbation rule
+    perturb_rules: list[str] = field(default_factory=lambda: ["typo", "glyph", "phonetic"])
     n_merges: int = 400
     context_length: int = 77
     projection_dim: int = 64
@@ -94,6 +96,7 @@ class ClipTrainConfig:
                 bad(fld, getattr(self, fld), f"use a multiple of heads ({self.heads}).")
         if self.limit and self.limit < self.batch_size:
             bad("limit", self.limit, f"use 0 (all images) or at least batch_size ({self.batch_size}).")
+        check_perturb(self, where)
         if self.max_steps < 1 or self.batch_size < 2:
             bad("max_steps/batch_size", (self.max_steps, self.batch_size),
                 "use max_steps >= 1 and batch_size >= 2 (the loss contrasts samples in a batch).")
@@ -101,6 +104,20 @@ class ClipTrainConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out or f"checkpoints/{self.name}")
+
+
+def check_perturb(cfg: Any, where: str) -> None:
+    """``caption_perturb`` (a share in [0, 1]) and ``perturb_rules`` (known rule names)."""
+    from bench.attacks.perturb import RULES
+
+    f = cfg.caption_perturb
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+        raise BenchError(f"{where}: field 'caption_perturb' = {f!r}: use a share of captions in "
+                         f"[0, 1] (0.3: 30% perturbed; 0: none).")
+    rules = cfg.perturb_rules
+    if not isinstance(rules, list) or not rules or any(r not in RULES for r in rules):
+        raise BenchError(f"{where}: field 'perturb_rules' = {rules!r}: give a non-empty list of "
+                         f"{', '.join(RULES)}.")
 
 
 # ------------------------------------------------------------------------------------ data
@@ -123,11 +140,35 @@ def load_captioned(dataset: str, limit: int = 0) -> CaptionedData:
     return CaptionedData(imgs, labels, measure(imgs, labels), content_hash)
 
 
-def captions_for(data: CaptionedData, idx: np.ndarray, seed: int, k: int) -> list[str]:
+def captions_for(data: CaptionedData, idx: np.ndarray, seed: int, k: int, perturb: float = 0.0,
+                 rules: Sequence[str] = ()) -> list[str]:
+    """The ``k``-th caption of each image ``idx``; with ``perturb`` > 0 that share of them
+    changed by one of ``rules`` (``perturb_caption``)."""
     from bench.data.captions import training_caption
 
-    return [training_caption(data.attributes[i], int(data.labels[i]), int(i), seed, k).text
+    caps = [training_caption(data.attributes[i], int(data.labels[i]), int(i), seed, k).text
             for i in idx]
+    if perturb > 0:
+        caps = [perturb_caption(c, int(i), seed, k, perturb, rules) for c, i in zip(caps, idx)]
+    return caps
+
+
+def perturb_caption(text: str, index: int, seed: int, k: int, fraction: float,
+                    rules: Sequence[str]) -> str:
+    """Robustness training (the defence Gao et al. 2023 evaluate against their attack): caption
+    ``k`` of image ``index`` is perturbed with probability ``fraction`` by one of ``rules``
+    (``bench.attacks.perturb``: one word, at most 10% of the characters: the attack's default
+    budget), rule and perturbation drawn from (seed, index, k); otherwise kept."""
+    import hashlib
+
+    from bench.attacks.perturb import Budget, random_perturbation
+
+    digest = hashlib.sha256(f"bench.caption-perturb|{seed}|{index}|{k}".encode()).digest()
+    u, r, s = (int.from_bytes(digest[i:i + 8], "big") for i in (0, 8, 16))
+    if u / 2.0 ** 64 >= fraction:
+        return text
+    p = random_perturbation(text, rules[r % len(rules)], Budget(), seed=s % 2 ** 31)
+    return text if p is None else p.perturbed
 
 
 def pixel_values(images: np.ndarray | Tensor) -> Tensor:
@@ -181,7 +222,8 @@ def image_processor() -> Any:
 def loss_at(cfg: ClipTrainConfig, model: Any, tok: Any, data: CaptionedData, step: int) -> Tensor:
     idx = step_batch(cfg, step, len(data.labels)).numpy()
     epoch = step // (len(data.labels) // cfg.batch_size)
-    enc = tok(captions_for(data, idx, cfg.caption_seed, epoch), padding=True, return_tensors="pt")
+    enc = tok(captions_for(data, idx, cfg.caption_seed, epoch, cfg.caption_perturb, cfg.perturb_rules),
+              padding=True, return_tensors="pt")
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
         out = model(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),

@@ -162,6 +162,8 @@ class T2ITrainConfig:
     out: str = ""
     limit: int = 0  # train on the first `limit` images (0: all); for tests and quick checks
     caption_seed: int = 0
+    caption_perturb: float = 0.0  # share of training captions changed by one perturbation rule
+    perturb_rules: list[str] = field(default_factory=lambda: ["typo", "glyph", "phonetic"])
     caption_dropout: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
     latents: str = "sample"  # sample (posterior sample per step) | mean (posterior mean)
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
@@ -200,6 +202,9 @@ class T2ITrainConfig:
         if self.attention_heads < 1 or any(c % self.attention_heads for c in self.block_out_channels):
             raise _bad(where, "attention_heads", self.attention_heads,
                        f"must divide every entry of block_out_channels {self.block_out_channels}.")
+        from bench.train_clip import check_perturb
+
+        check_perturb(self, where)
         if not 0 <= self.caption_dropout < 1:
             raise _bad(where, "caption_dropout", self.caption_dropout, "use a probability in [0, 1).")
         if self.latents not in ("sample", "mean"):
@@ -688,14 +693,15 @@ def build_scheduler(cfg: T2ITrainConfig) -> Any:
 def t2i_loss_at(cfg: T2ITrainConfig, unet: Any, sched: Any, data: Any, latents: tuple[Tensor, Tensor],
                 scale: float, text: TextCache, step: int) -> tuple[Tensor, dict[str, float]]:
     """The epsilon-prediction loss of step ``step``: batch from the epoch's permutation, image i's
-    caption ``captions_for(data, [i], caption_seed, epoch)``; timesteps, noise, caption dropout
+    caption ``captions_for(data, [i], caption_seed, epoch, caption_perturb, perturb_rules)``; timesteps, noise, caption dropout
     and the latent sample from generator (seed, 2, step), drawn in that order."""
     from bench.train_clip import captions_for
 
     n = len(data.labels)
     idx = step_batch(cfg, step, n)
     epoch = step // (n // cfg.batch_size)
-    caps = captions_for(data, idx.numpy(), cfg.caption_seed, epoch)
+    caps = captions_for(data, idx.numpy(), cfg.caption_seed, epoch, cfg.caption_perturb,
+                        cfg.perturb_rules)
     mean, std = latents[0][idx], latents[1][idx]
     g = _gen(cfg.seed, 2, step)
     b = len(idx)
