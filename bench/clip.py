@@ -161,6 +161,11 @@ class ClipModel(ABC):
     #: the text tower takes ids shorter than the context (else they are padded to it)
     any_length: bool = False
 
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature exp(t): logits = exp(t) cos(image, text) (transformers'
+        CLIPModel and open_clip's models both keep t as ``logit_scale``)."""
+        return float(self.model.logit_scale.detach().exp())
+
     # ---------------------------------------------------------------- images
     @abstractmethod
     def preprocess(self, images: Tensor) -> Tensor:

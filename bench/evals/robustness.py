@@ -189,7 +189,8 @@ class Robustness(Eval):
                                              {"clip": self.clip, "arch": self.arch}, model=loaded))
         saved = progress.resume() if progress is not None else None
         meta: dict[str, Any] = saved[2] if saved else {"log": [], "attacks": [], "network_calls": 0,
-                                                      "sample_s": 0.0, "model_s": 0.0, "attempts": 0}
+                                                      "sample_s": 0.0, "model_s": 0.0, "decode_s": 0.0,
+                                                      "metric_s": 0.0, "attempts": 0}
         meta["attempts"] += 1
         known = {(int(i), str(p)): v for i, p, v in meta["log"]}
         done = {(int(a["cond"]), a["rule"], a["search"]) for a in meta["attacks"]}
@@ -208,13 +209,17 @@ class Robustness(Eval):
                 meta["network_calls"] += gen.network_calls
                 meta["sample_s"] += gen.timings["sample_s"]
                 meta["model_s"] += gen.timings["model_s"]
+                meta["decode_s"] += gen.timings.get("decode_s", 0.0)
                 if scorer is None:
                     parts.append(gen.samples.reshape(len(sub), -1).double().cpu().numpy())
                 else:
                     imgs.append(gen.images)
             if scorer is None:
                 return np.concatenate(parts)
-            return scorer.image_embeddings(torch.cat(imgs))
+            t0 = time.perf_counter()
+            emb = scorer.image_embeddings(torch.cat(imgs))
+            meta["metric_s"] += time.perf_counter() - t0
+            return emb
 
         bar = tqdm(total=len(prompts) * len(self.rules) * len(self.searches), disable=None,
                    desc=f"{shard.label()} attacks", leave=False)
@@ -231,7 +236,9 @@ class Robustness(Eval):
                         if scorer is not None:
                             base["scores"] = self._scores(scorer, base["emb"], original)
                     emb = images_of(text)
+                    t0 = time.perf_counter()
                     known[key] = self._measure(base, emb, original, text, scorer)
+                    meta["metric_s"] += time.perf_counter() - t0
                     meta["log"].append([ci, text, known[key]])
                     if progress is not None:
                         progress.update(len(meta["log"]), {}, meta)
@@ -322,6 +329,7 @@ class Robustness(Eval):
         prompts = meta["prompts"]
         common = {"n_samples": meta["n_samples"], "network_calls": meta["network_calls"],
                   "sample_s": meta["sample_s"], "model_s": meta["model_s"],
+                  "metric_s": meta["metric_s"],
                   "wall_s": meta["wall_s"], "device": meta["device"], "step": 0,
                   "ci_low": float("nan"), "ci_high": float("nan")}
         attacks = sorted(meta["attacks"], key=lambda a: (a["cond"], self.rules.index(a["rule"]),
