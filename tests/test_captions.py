@@ -318,6 +318,11 @@ def test_shipped_file_is_current(tmp_path: Path) -> None:
     write_eval_prompts(out)
     assert EVAL_PROMPTS_FILE.read_bytes() == out.read_bytes(), \
         "suites/prompts/fmnist-t2i-eval.csv drifted: run 'python -m bench.data.captions eval-prompts'"
+    write_eval_prompts(out, C.robustness_prompts())
+    assert C.ROBUSTNESS_PROMPTS_FILE.read_bytes() == out.read_bytes()
+    robust = C.read_eval_prompts(C.ROBUSTNESS_PROMPTS_FILE)
+    assert len(robust) == 24 and {p["label"] for p in robust} == {0, 3, 6, 9}
+    assert Counter(p["category"] for p in robust) == {c: 4 for c in C.EVAL_CATEGORIES}
     assert C.read_eval_prompts(EVAL_PROMPTS_FILE) == eval_prompts()
     header = EVAL_PROMPTS_FILE.read_text().splitlines()[0]
     assert header == "id,prompt,category,label,noun,attributes"

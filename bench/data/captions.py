@@ -128,6 +128,8 @@ EVAL_CATEGORIES: tuple[str, ...] = ("class", "synonym", "brightness", "size", "p
                                     "composite")
 EVAL_COLUMNS: tuple[str, ...] = ("id", "prompt", "category", "label", "noun", "attributes")
 EVAL_PROMPTS_FILE: Path = Path(__file__).parents[2] / "suites/prompts/fmnist-t2i-eval.csv"
+#: the prompt file of suites/fmnist-robustness.yaml (``robustness_prompts``)
+ROBUSTNESS_PROMPTS_FILE: Path = EVAL_PROMPTS_FILE.with_name("fmnist-t2i-robustness.csv")
 
 _HASH_NAMESPACE = "bench.fmnist-captions.v1"
 
@@ -330,23 +332,29 @@ def _format_attributes(attrs: dict[str, str]) -> str:
     return ";".join(f"{a}={attrs[a]}" for a in ATTRIBUTES if attrs.get(a))
 
 
-def eval_prompts_csv() -> str:
-    """The text of the evaluation prompt file."""
+def robustness_prompts() -> list[dict[str, Any]]:
+    """The prompts of suites/fmnist-robustness.yaml: the evaluation prompts of labels 0, 3, 6
+    and 9 (4 per category, 24 in all; an attack costs tens of generated sets per prompt)."""
+    return [p for p in eval_prompts() if p["label"] % 3 == 0]
+
+
+def eval_prompts_csv(prompts: list[dict[str, Any]] | None = None) -> str:
+    """The text of the evaluation prompt file (or of ``prompts`` in its format)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(EVAL_COLUMNS)
-    for p in eval_prompts():
+    for p in eval_prompts() if prompts is None else prompts:
         w.writerow([p["id"], p["prompt"], p["category"], p["label"], p["noun"],
                     _format_attributes(p["attributes"])])
     return buf.getvalue()
 
 
-def write_eval_prompts(path: str | Path) -> None:
-    """Write the evaluation prompts as CSV (columns :data:`EVAL_COLUMNS`)."""
+def write_eval_prompts(path: str | Path, prompts: list[dict[str, Any]] | None = None) -> None:
+    """Write the evaluation prompts (or ``prompts``) as CSV (columns :data:`EVAL_COLUMNS`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "w", encoding="utf-8", newline="") as f:
-        f.write(eval_prompts_csv())
+        f.write(eval_prompts_csv(prompts))
 
 
 def read_eval_prompts(path: str | Path = EVAL_PROMPTS_FILE) -> list[dict[str, Any]]:
@@ -361,7 +369,8 @@ def read_eval_prompts(path: str | Path = EVAL_PROMPTS_FILE) -> list[dict[str, An
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``thresholds``: print fit_thresholds(fmnist-train) as a table to paste as THRESHOLDS;
-    ``eval-prompts [PATH]``: write the evaluation prompts (default: the shipped file)."""
+    ``eval-prompts [PATH [ROBUSTNESS_PATH]]``: write the evaluation prompts and their
+    robustness subset (default: the shipped files)."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -378,8 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args[:1] == ["eval-prompts"]:
         write_eval_prompts(args[1] if len(args) > 1 else EVAL_PROMPTS_FILE)
+        write_eval_prompts(args[2] if len(args) > 2 else ROBUSTNESS_PROMPTS_FILE,
+                           robustness_prompts())
         return 0
-    print("usage: python -m bench.data.captions thresholds | eval-prompts [PATH]")
+    print("usage: python -m bench.data.captions thresholds | eval-prompts [PATH [ROBUSTNESS_PATH]]")
     return 2
 
 
