@@ -187,6 +187,7 @@ class T2ITrainConfig:
     threads: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
+    save_dtype: str = "float32"  # float32 | float16: the exported UNet's and text encoder's weights
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "T2ITrainConfig":
@@ -207,6 +208,9 @@ class T2ITrainConfig:
         check_perturb(self, where)
         if not 0 <= self.caption_dropout < 1:
             raise _bad(where, "caption_dropout", self.caption_dropout, "use a probability in [0, 1).")
+        if self.save_dtype not in ("float32", "float16"):
+            raise _bad(where, "save_dtype", self.save_dtype, "use 'float32' or 'float16' (half "
+                       "the size on disk; loaders upcast to their dtype).")
         if self.latents not in ("sample", "mean"):
             raise _bad(where, "latents", self.latents, "use 'sample' or 'mean'.")
         if not 0 < self.beta_start < self.beta_end < 1 or self.num_train_timesteps < 2:
@@ -771,10 +775,14 @@ def export_t2i(cfg: T2ITrainConfig, unet: Any, vae: Any, text_encoder: Any, tok:
     # from_pretrained records the folder it read as _name_or_path; a shipped config must not
     # carry this machine's path
     vae.register_to_config(_name_or_path="")
-    pipe = StableDiffusionPipeline(vae=vae.cpu(), text_encoder=text_encoder.cpu(), tokenizer=tok,
-                                   unet=unet.cpu(), scheduler=sched, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    dtype = getattr(torch, cfg.save_dtype)
+    pipe = StableDiffusionPipeline(vae=vae.cpu(), text_encoder=text_encoder.cpu().to(dtype),
+                                   tokenizer=tok, unet=unet.cpu().to(dtype), scheduler=sched,
+                                   safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
+    unet.float()
+    text_encoder.float()
     for sub, fld in (("vae", "vae"), ("text_encoder", "text_encoder")):  # the sources' cards
         src = _resolve(f"training config '{cfg.name}'", fld, getattr(cfg, fld))
         for name in ("README.md", "training.json"):
@@ -808,6 +816,12 @@ def export_t2i(cfg: T2ITrainConfig, unet: Any, vae: Any, text_encoder: Any, tok:
 def t2i_card(meta: dict[str, Any]) -> str:
     cfg, n = meta["config"], meta["parameters"]
     c, h, w = meta["latent_shape"]
+    perturb = (f"\n| caption perturbation | {100 * cfg['caption_perturb']:g}% of training captions drawn "
+               f"for one change by a rule of {cfg['perturb_rules']} (one word, <= 10% of the "
+               f"characters; `bench.train_clip.perturb_caption`), robustness training against the "
+               f"prompt attacks of Gao et al. 2023 |" if cfg.get("caption_perturb") else "")
+    stored = (f"\n| weights stored | UNet and text encoder in {cfg['save_dtype']} (trained in fp32; "
+              f"loaders upcast) |" if cfg.get("save_dtype", "float32") != "float32" else "")
     return f"""# {meta['name']}
 
 A small StableDiffusion-style latent text-to-image model (Rombach et al., 2022) trained by this
@@ -827,7 +841,7 @@ or in a suite as `{{name: diffusers, params: {{path: FOLDER, guidance: {{scale: 
 |---|---|
 | training command | `{meta['command']}` |
 | data | `{meta['data']}` ({meta['n_data']} images), caption seed {cfg['caption_seed']} (image i in epoch e: its e-th caption) |
-| data sha256 (decoded pixels) | `{meta['data_sha256']}` |
+| data sha256 (decoded pixels) | `{meta['data_sha256']}` |{perturb}
 | VAE | `{cfg['vae']}` (folder sha256 `{meta['vae_sha256'][:16]}...`), latents {c}x{h}x{w}, scaling_factor {meta['scaling_factor']:.6f}, {n['vae'] / 1e6:.2f} M parameters |
 | text encoder | `{cfg['text_encoder']}` (folder sha256 `{meta['text_encoder_sha256'][:16]}...`), width {meta['text']['hidden_size']}, {meta['text']['model_max_length']} tokens, {n['text_encoder'] / 1e6:.2f} M parameters |
 | conditioning | cross-attention to the last hidden states (as `encode_prompt`: padded to max length, no mask); captions replaced by "" with probability {cfg['caption_dropout']} for classifier-free guidance (Ho & Salimans, 2022) |
@@ -838,7 +852,7 @@ or in a suite as `{{name: diffusers, params: {{path: FOLDER, guidance: {{scale: 
 | EMA | warm-up power {cfg['ema_power']:.3g}, max decay {cfg['ema_max_decay']} (weights shipped are the EMA) |
 | steps | {meta['steps']} (seed {meta['seed']}) |
 | final loss (mean of last 100 steps) | {meta['final_loss_last100']:.5f} |
-| UNet weights sha256 | `{meta['weights_sha256']}` |
+| UNet weights sha256 | `{meta['weights_sha256']}` |{stored}
 | trained with | torch {meta['torch']} on {meta['platform']} |
 
 First losses (steps 0-19), reproducible from the same config, seed, VAE and text encoder:

@@ -287,3 +287,34 @@ def test_harness_adapter_loads_the_export_and_matches_the_pipeline(parts) -> Non
     ref_u8 = np.rint(ref * 255).astype(np.int64)
     ours = gen.images.permute(0, 2, 3, 1).numpy().astype(np.int64)
     assert np.abs(ours - ref_u8).max() <= 1, np.abs(ours - ref_u8).max()
+
+
+def test_half_precision_export_and_perturbed_captions(parts, tmp_path) -> None:
+    """save_dtype float16 halves the shipped UNet and text encoder (loaders upcast);
+    caption_perturb changes what the network is trained on (other losses, same noise draws)."""
+    from safetensors import safe_open
+
+    from bench.generate import LoadedModel, SamplerSpec, generate
+    from bench.models.diffusers_adapter import DiffusersAdapter
+
+    cfg = t2i_cfg(tmp_path / "h", parts["vae"], parts["clip"], save_dtype="float16",
+                  caption_perturb=0.5)
+    out = Path(train_t2i(cfg, progress=False)["export"])
+    for part, name in (("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        with safe_open(str(out / part / name), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}, part
+        ratio = (out / part / name).stat().st_size / (parts["t2i"] / part / name).stat().st_size
+        assert 0.45 < ratio < 0.55, (part, ratio)
+    card = (out / "README.md").read_text()
+    assert "caption perturbation | 50%" in card and "in float16" in card
+    plain = json.loads((parts["t2i"] / "training.json").read_text())["first_losses"]
+    perturbed = json.loads((out / "training.json").read_text())["first_losses"]
+    assert plain != perturbed
+    adapter = DiffusersAdapter(path=str(out), guidance=2.0)
+    model = LoadedModel(adapter, adapter.load(), torch.device("cpu"))
+    from bench.conditions import resolve
+
+    conds = resolve({"prompts": ["a dark coat"]}, adapter)
+    spec = SamplerSpec("ddim", {}, {"name": "time_uniform"}, 3)
+    gen = generate(model, spec, [0], 0, conds.for_indices([0]), decode=True)
+    assert gen.samples.dtype == torch.float32 and gen.images.shape == (1, 1, 32, 32)
