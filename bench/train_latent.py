@@ -188,6 +188,7 @@ class T2ITrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     save_dtype: str = "float32"  # float32 | float16: the exported UNet's and text encoder's weights
+    link_vae: bool = False  # export vae/ as a relative link to the (identical) VAE folder it came from
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "T2ITrainConfig":
@@ -783,7 +784,11 @@ def export_t2i(cfg: T2ITrainConfig, unet: Any, vae: Any, text_encoder: Any, tok:
     pipe.save_pretrained(folder, safe_serialization=True)
     unet.float()
     text_encoder.float()
+    if cfg.link_vae:
+        link_vae(folder, _resolve(f"training config '{cfg.name}'", "vae", cfg.vae))
     for sub, fld in (("vae", "vae"), ("text_encoder", "text_encoder")):  # the sources' cards
+        if (folder / sub).is_symlink():
+            continue
         src = _resolve(f"training config '{cfg.name}'", fld, getattr(cfg, fld))
         for name in ("README.md", "training.json"):
             if (src / name).is_file():
@@ -813,6 +818,18 @@ def export_t2i(cfg: T2ITrainConfig, unet: Any, vae: Any, text_encoder: Any, tok:
     return folder
 
 
+def link_vae(folder: Path, source: Path) -> None:
+    """Replace the exported ``folder/vae`` by a relative link to ``source``, the VAE folder it
+    was loaded from, after checking their weights are the same bytes (no second copy shipped)."""
+    name = "diffusion_pytorch_model.safetensors"
+    if file_sha256(folder / "vae" / name) != file_sha256(source / name):
+        raise BenchError(f"link_vae: the exported VAE weights differ from '{source / name}'; "
+                         f"export the VAE as a copy (link_vae: false).")
+    shutil.rmtree(folder / "vae")
+    (folder / "vae").symlink_to(os.path.relpath(source.resolve(), folder.resolve()),
+                                target_is_directory=True)
+
+
 def t2i_card(meta: dict[str, Any]) -> str:
     cfg, n = meta["config"], meta["parameters"]
     c, h, w = meta["latent_shape"]
@@ -822,6 +839,9 @@ def t2i_card(meta: dict[str, Any]) -> str:
                f"prompt attacks of Gao et al. 2023 |" if cfg.get("caption_perturb") else "")
     stored = (f"\n| weights stored | UNet and text encoder in {cfg['save_dtype']} (trained in fp32; "
               f"loaders upcast) |" if cfg.get("save_dtype", "float32") != "float32" else "")
+    if cfg.get("link_vae"):
+        stored += (f"\n| vae/ | a relative link to `{cfg['vae']}` (the same weights, shipped once; "
+                   f"its card is that folder's README.md) |")
     return f"""# {meta['name']}
 
 A small StableDiffusion-style latent text-to-image model (Rombach et al., 2022) trained by this

@@ -7,6 +7,7 @@ the exported folder opens offline both in diffusers' StableDiffusionPipeline and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -298,15 +299,22 @@ def test_half_precision_export_and_perturbed_captions(parts, tmp_path) -> None:
     from bench.models.diffusers_adapter import DiffusersAdapter
 
     cfg = t2i_cfg(tmp_path / "h", parts["vae"], parts["clip"], save_dtype="float16",
-                  caption_perturb=0.5)
+                  caption_perturb=0.5, link_vae="true")
     out = Path(train_t2i(cfg, progress=False)["export"])
+    link = out / "vae"
+    assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()
+    assert link.resolve() == parts["vae"].resolve()
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    assert pipe.unet.dtype == torch.float32  # upcast on load
     for part, name in (("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
         with safe_open(str(out / part / name), "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}, part
         ratio = (out / part / name).stat().st_size / (parts["t2i"] / part / name).stat().st_size
         assert 0.45 < ratio < 0.55, (part, ratio)
     card = (out / "README.md").read_text()
-    assert "caption perturbation | 50%" in card and "in float16" in card
+    assert "caption perturbation | 50%" in card and "in float16" in card and "relative link" in card
     plain = json.loads((parts["t2i"] / "training.json").read_text())["first_losses"]
     perturbed = json.loads((out / "training.json").read_text())["first_losses"]
     assert plain != perturbed
