@@ -896,3 +896,28 @@ def main(args: Any, kind: str) -> int:
     summary = fn(cfg, command=command, device=args.device)
     print(json.dumps(summary))
     return 0
+
+
+def reconstruct_main(argv: list[str] | None = None) -> int:
+    """``python -m bench.train_latent VAE_FOLDER DATASET OUT.npz``: a data set's reconstructions
+    through a VAE (posterior mean, uint8, key ``images``) and their PSNR; score them with
+    ``bench fid OUT.npz DATASET --resize clean`` (the reconstruction FID of a model card)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.train_latent", description=reconstruct_main.__doc__)
+    ap.add_argument("vae", help="an AutoencoderKL folder (e.g. bench/checkpoints/fmnist-vae/model)")
+    ap.add_argument("dataset", help="a registered data set (fmnist-test)")
+    ap.add_argument("out", help="the .npz to write")
+    ap.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    a = ap.parse_args(argv)
+    vae, vae_hash = load_vae("reconstruct", a.vae, torch.device("cpu"))
+    images, _, data_hash = load_images(a.dataset, a.limit)
+    rec = reconstruct(vae, images)
+    np.savez(a.out, images=rec)
+    print(json.dumps({"vae_sha256": vae_hash, "data_sha256": data_hash, "n": len(rec),
+                      **psnr(images, rec), "out": a.out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(reconstruct_main())

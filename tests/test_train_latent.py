@@ -326,3 +326,19 @@ def test_half_precision_export_and_perturbed_captions(parts, tmp_path) -> None:
     spec = SamplerSpec("ddim", {}, {"name": "time_uniform"}, 3)
     gen = generate(model, spec, [0], 0, conds.for_indices([0]), decode=True)
     assert gen.samples.dtype == torch.float32 and gen.images.shape == (1, 1, 32, 32)
+
+
+def test_reconstruct_command_writes_what_bench_fid_reads(parts, tmp_path, capsys) -> None:
+    from bench.data import open_dataset
+    from bench.train_latent import reconstruct_main
+
+    out = tmp_path / "rec.npz"
+    assert reconstruct_main([str(parts["vae"]), "fmnist-test", str(out), "--limit", "16"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    with np.load(out) as z:
+        rec = z["images"]
+    assert rec.shape == (16, 28, 28) and rec.dtype == np.uint8
+    ds = open_dataset(str(out))  # the file bench fid takes as GENERATED
+    assert len(ds) == 16
+    ref = open_dataset("fmnist-test").images(0, 16).reshape(16, 28, 28)
+    assert printed["psnr"] == pytest.approx(psnr(ref, rec)["psnr"])
