@@ -45,7 +45,7 @@ TOP_LEVEL = {
     "conditions": "{classes: balanced|N|[..]} or {prompts: [..]|FILE, images_per_prompt, "
                   "negative_prompt, text_column, id_column, category_column}",
     "executor": "{name: debug|local|slurm, ...} default executor and its parameters",
-    "report": "{fit_min_nfe: N} options for bench report",
+    "report": "{fit_min_nfe: N, galleries: [PATTERN, ...]} options for bench report",
 }
 REQUIRED = ("name", "models", "samplers", "evals")
 DEFAULTS: dict[str, Any] = {"seed": 0, "samples": 64, "batch_size": 64, "shard_size": None,
@@ -595,9 +595,16 @@ def validate(data: dict[str, Any], source: str) -> Suite:
         if not isinstance(d[k], dict):
             raise SuiteError(source, k, f"must be a mapping, got {d[k]!r}.", f"write '{k}: {{}}'.")
     for k, v in d["report"].items():
+        if k == "galleries":
+            if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+                raise SuiteError(source, "report.galleries", f"is {v!r}.",
+                                 "give a list of cell patterns MODEL/SAMPLER/nfeN with * "
+                                 "wildcards, e.g. ['*/dpmpp_2m/nfe25'].")
+            continue
         if k != "fit_min_nfe":
             raise SuiteError(source, f"report.{k}", "is not a report option.",
-                             "use: fit_min_nfe (fit convergence slopes over NFE >= this).")
+                             "use: fit_min_nfe (fit convergence slopes over NFE >= this), "
+                             "galleries (the cells whose sample galleries the report shows).")
         _check_int(source, "report.fit_min_nfe", v, 0)
     suite = Suite(name, source, d)
     suite.models = _entries(source, "models", d["models"], MODELS, ("calibrate",), suite.sweeps,

@@ -216,6 +216,8 @@ BLOCKS = [
     C("report-unknown-option", PLAN, S(report={"fit_min": 5}), "report.fit_min", "not a report"),
     C("suite-report-fit-min-nfe-string", PLAN, S(report={"fit_min_nfe": "x"}), "report.fit_min_nfe",
       "integer"),
+    C("suite-report-galleries-string", PLAN, S(report={"galleries": "*/ddim/*"}), "report.galleries",
+      "list of cell patterns"),
     C("device-cuda-not-an-index", PLAN, S(device="cuda:x"), "'device'", "cuda:N"),
     C("name-too-long", RUN, S(name="a" * 300), "'name'", "at most 100"),
     C("eval-slices-integer", PLAN, S(evals=[{"name": "nfe_curve", "params": {"slices": 5}}]),

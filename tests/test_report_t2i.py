@@ -338,3 +338,21 @@ def test_prompt_gallery_without_per_sample_tables_uses_the_gallery_names(fake, t
     out.mkdir()
     got = render_galleries(results, SUITE, out, lambda s: re.sub(r"[^A-Za-z0-9_.=-]+", "-", s))
     assert got and all(grid and png.is_file() for _, png, grid in got)
+
+
+def test_gallery_patterns_select_cells_and_galleries_are_grayscale(fake, tmp_path):
+    from PIL import Image
+
+    from bench.report.galleries import render_galleries
+
+    results, _ = fake
+    slug = lambda s: re.sub(r"[^A-Za-z0-9_.=-]+", "-", s)  # noqa: E731
+    out = tmp_path / "o"
+    out.mkdir()
+    every = render_galleries(results, SUITE, out, slug)
+    some = render_galleries(results, SUITE, out, slug, ["*guidance.scale=2/*"])
+    assert len(every) > len(some) >= 1
+    assert all("guidance.scale=2 /" in name for name, _, _ in some)
+    assert render_galleries(results, SUITE, out, slug, ["*/no-such-sampler/*"]) == []
+    with Image.open(some[0][1]) as im:
+        assert im.mode == "L"  # no colour in a gallery: 8-bit grayscale, not RGBA

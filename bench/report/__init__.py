@@ -246,7 +246,9 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for suite_name, sdf in df.groupby("suite", sort=True):
-        ctx = ReportContext(Path(results), out, str(suite_name), min_nfes[suite_name], _slug)
+        galleries = tuple(suite_report_options(results, str(suite_name)).get("galleries") or ())
+        ctx = ReportContext(Path(results), out, str(suite_name), min_nfes[suite_name], _slug,
+                            galleries)
         doc = suite_document(sdf, ctx,
                              df.attrs.get("superseded", {}).get(suite_name, 0))
         figures = [b.path for b in doc.blocks if hasattr(b, "path")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -25,6 +26,17 @@ ROWS_MAX = 12
 #: conditions per row of a captioned grid, and images per condition shown in a cell
 GRID_COLUMNS = 10
 PER_CELL = 3
+
+
+def save_png(fig, path: Path) -> None:
+    """Save a figure; one without colour (a gallery of grayscale images) as an 8-bit grayscale
+    PNG, a quarter of matplotlib's RGBA bytes before compression."""
+    from PIL import Image
+
+    fig.savefig(path)
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        Image.fromarray(np.ascontiguousarray(rgb[..., 0])).save(path, optimize=True)
 
 
 def load_gallery(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str] | None]:
@@ -72,7 +84,7 @@ def grid_png(images: np.ndarray, cond: np.ndarray, names: dict[str, str] | None,
     ax.set_xticks([])
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -163,17 +175,23 @@ def captioned_grid_png(images: np.ndarray, cond: np.ndarray, info: dict[int, tup
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, h_pad=0.8, w_pad=0.3,
                      rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
-    fig.savefig(path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
 
-def render_galleries(results: Path, suite: str, out: Path, slug) -> list[tuple[str, Path, bool]]:
-    """(cell name, PNG, whether it is a captioned grid) for every gallery the suite saved."""
+def render_galleries(results: Path, suite: str, out: Path, slug, patterns: Sequence[str] = ()
+                     ) -> list[tuple[str, Path, bool]]:
+    """(cell name, PNG, whether it is a captioned grid) for every gallery the suite saved, or
+    only those whose cell ``MODEL/SAMPLER/nfeN`` matches one of ``patterns`` (fnmatch)."""
+    from fnmatch import fnmatchcase
+
     root = Path(results) / "_gallery" / slug(suite)
     if not root.is_dir():
         return []
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.npz")))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.npz"))
+                     and (not patterns or any(fnmatchcase(p.name.replace("__", "/"), pat)
+                                              for pat in patterns)))
     loaded = [(f, *load_gallery(f)) for f in folders]
     many = {f.name for f, _, cond, _ in loaded if len(set(cond.tolist())) > ROWS_MAX}
     per_sample = sample_conditions(Path(results), suite, many) if many else {}

@@ -26,6 +26,8 @@ class ReportContext:
     suite: str
     fit_min_nfe: int
     slug: Callable[[str], str]
+    #: the suite's ``report: {galleries: [...]}``: cell patterns whose galleries are shown (all if empty)
+    galleries: tuple[str, ...] = ()
 
 
 def direction(metric: str) -> bool | None:
@@ -168,7 +170,7 @@ def nfe_to_target_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]
 def gallery_sections(ctx: ReportContext) -> list[Block]:
     from bench.report.galleries import render_galleries
 
-    galleries = render_galleries(ctx.results, ctx.suite, ctx.out, ctx.slug)
+    galleries = render_galleries(ctx.results, ctx.suite, ctx.out, ctx.slug, ctx.galleries)
     if not galleries:
         return []
     from bench.report.galleries import GRID_COLUMNS, ROWS_MAX
