@@ -54,3 +54,23 @@ def fmnist() -> None:
     import test_fidelity_support
 
     test_fidelity_support.need_fmnist()
+
+
+def kill_at_first_checkpoint(cmd: list[str], results: Path, settle: float = 0.0) -> None:
+    """Start ``cmd`` (a ``bench run`` writing to ``results``) in its own process group, wait
+    until it has written its first partial checkpoint (``_partial/*.npz``), wait ``settle``
+    seconds more, and kill the whole group: a run interrupted in the middle of a shard."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not list((results / "_partial").glob("*.npz")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    time.sleep(settle)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

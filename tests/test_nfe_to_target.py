@@ -3,18 +3,15 @@ confirms, and a kill in the middle of its loop resumes to identical rows."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, small_suite
+from conftest import ROOT, kill_at_first_checkpoint, small_suite
 
 ORACLE = {"name": "gmm", "label": "g", "params": {"shape": [1, 4, 4], "cov": "full", "var_min": 0.01}}
 VALUES = ["metric", "nfe", "step", "value", "ci_low", "ci_high", "nfe_counted", "steps"]
@@ -82,14 +79,7 @@ def test_kill_mid_loop_resumes_to_identical_rows(tmp_path):
     assert len(clean) >= 4  # several probes: there is a middle to kill in
 
     res = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--results", str(res)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not list((res / "_partial").glob("*.npz")) and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(cmd + ["--results", str(res)], res)
     assert not list(res.rglob("ntt/*.parquet"))  # killed in the middle of the loop
     with np.load(next((res / "_partial").glob("*.npz"))) as z:
         done = len(z["probes/steps"])

@@ -5,18 +5,15 @@ and bad input refused before any work."""
 from __future__ import annotations
 
 import copy
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from bench.store import read_samples
-from conftest import ROOT, small_suite
+from conftest import ROOT, kill_at_first_checkpoint, small_suite
 
 KEYWORD = {"name": "gmm-keyword", "label": "kw",
            "params": {"keywords": ["boot", "coat"], "shape": [2], "means": [[1.5, 1.5], [-1.5, -1.5]],
@@ -114,15 +111,7 @@ def test_kill_mid_prompt_resumes_to_identical_rows(tmp_path):
     clean = _state(tmp_path / "clean")
 
     res = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--results", str(res)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not list((res / "_partial").glob("*.npz")) and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(cmd + ["--results", str(res)], res, settle=0.3)
     assert not list(res.rglob("rob/*.parquet"))  # killed in the middle of the loop
     import json
 
