@@ -514,7 +514,8 @@ scaling pixels to [-1, 1]) -> latents {c}x{h}x{w}. Load with `AutoencoderKL.from
 
 Reconstruction on `{ev['eval_dataset']}` ({ev['n_eval']} images, posterior mean, 28x28 crop, uint8):
 PSNR {ev['psnr']:.2f} dB over the set's mean squared error, {ev['psnr_mean_per_image']:.2f} dB
-averaged per image. (FID of reconstructions: computed by the caller from `reconstruct`.)
+averaged per image. Reconstruction FID: `python -m bench.train_latent FOLDER {ev['eval_dataset']} rec.npz`,
+then `bench fid rec.npz {ev['eval_dataset']} --resize clean` (Inception pool3 against the same set).
 
 First losses (steps 0-19), reproducible from the same config and seed:
 `{', '.join(f'{x:.6f}' for x in meta['first_losses'])}`
