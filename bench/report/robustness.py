@@ -20,17 +20,10 @@ GALLERY_ATTACKS = 8
 
 def _cell_tables(ctx: ReportContext, keys: list[str]) -> pd.DataFrame:
     """The per-query tables of the cells ``keys`` (config hashes), concatenated."""
-    from bench.integrity import CorruptFile, read_table
-    from bench.store import ResultStore
+    from bench.store import read_samples
 
-    store = ResultStore(ctx.results)
-    parts = []
-    for key in keys:
-        try:
-            parts.append(read_table(store.samples_path(ctx.suite, key)).to_pandas())
-        except (FileNotFoundError, CorruptFile, OSError):
-            continue
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    table = read_samples(ctx.results, ctx.suite)
+    return table[table["config_hash"].isin(keys)] if "config_hash" in table else table.iloc[:0]
 
 
 def robustness_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
