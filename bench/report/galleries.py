@@ -30,13 +30,19 @@ PER_CELL = 3
 
 def save_png(fig, path: Path) -> None:
     """Save a figure; one without colour (a gallery of grayscale images) as an 8-bit grayscale
-    PNG, a quarter of matplotlib's RGBA bytes before compression."""
+    PNG, a quarter of matplotlib's RGBA bytes before compression (rendered once, written once)."""
+    import io
+
     from PIL import Image
 
-    fig.savefig(path)
-    rgb = np.asarray(Image.open(path).convert("RGB"))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    rgb = np.asarray(Image.open(buf).convert("RGB"))
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
         Image.fromarray(np.ascontiguousarray(rgb[..., 0])).save(path, optimize=True)
+    else:
+        Path(path).write_bytes(buf.getvalue())
 
 
 def load_gallery(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str] | None]:
