@@ -56,6 +56,16 @@ def fmnist() -> None:
     test_fidelity_support.need_fmnist()
 
 
+def debug_run_cmd(suite: dict, tmp_path: Path) -> list[str]:
+    """``python -m bench run SUITE --executor debug`` for ``suite`` written to tmp_path/s.yaml
+    (append ``--results DIR``)."""
+    import sys
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return [sys.executable, "-m", "bench", "run", str(path), "--executor", "debug"]
+
+
 def kill_at_first_checkpoint(cmd: list[str], results: Path, settle: float = 0.0) -> None:
     """Start ``cmd`` (a ``bench run`` writing to ``results``) in its own process group, wait
     until it has written its first partial checkpoint (``_partial/*.npz``), wait ``settle``

@@ -4,14 +4,11 @@ confirms, and a kill in the middle of its loop resumes to identical rows."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
-import pytest
-import yaml
 
-from conftest import ROOT, kill_at_first_checkpoint, small_suite
+from conftest import ROOT, debug_run_cmd, kill_at_first_checkpoint, small_suite
 
 ORACLE = {"name": "gmm", "label": "g", "params": {"shape": [1, 4, 4], "cov": "full", "var_min": 0.01}}
 VALUES = ["metric", "nfe", "step", "value", "ci_low", "ci_high", "nfe_counted", "steps"]
@@ -69,10 +66,7 @@ def test_kill_mid_loop_resumes_to_identical_rows(tmp_path):
     # lands between the first checkpoint and the end
     big = {**ORACLE, "params": {"shape": [3, 16, 16], "cov": "full", "var_min": 0.01}}
     suite = target_suite(0.07, samples=400, batch_size=200, models=[big])
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    cmd = [sys.executable, "-m", "bench", "run", str(path), "--executor", "debug"]
-
+    cmd = debug_run_cmd(suite, tmp_path)
     assert subprocess.run(cmd + ["--results", str(tmp_path / "clean")], cwd=ROOT,
                           capture_output=True).returncode == 0
     clean = _rows(tmp_path / "clean")

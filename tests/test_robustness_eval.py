@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from bench.store import read_samples
-from conftest import ROOT, kill_at_first_checkpoint, small_suite
+from conftest import ROOT, debug_run_cmd, kill_at_first_checkpoint, small_suite
 
 KEYWORD = {"name": "gmm-keyword", "label": "kw",
            "params": {"keywords": ["boot", "coat"], "shape": [2], "means": [[1.5, 1.5], [-1.5, -1.5]],
@@ -103,9 +101,7 @@ def test_kill_mid_prompt_resumes_to_identical_rows(tmp_path):
                                   "var_min": 0.01}}
     ev = {"name": "robustness", "params": {**EVAL["params"], "queries": 12, "images": 24}}
     suite = attack_suite(models=[slow], evals=[ev], batch_size=24)
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    cmd = [sys.executable, "-m", "bench", "run", str(path), "--executor", "debug"]
+    cmd = debug_run_cmd(suite, tmp_path)
     assert subprocess.run(cmd + ["--results", str(tmp_path / "clean")], cwd=ROOT,
                           capture_output=True).returncode == 0
     clean = _state(tmp_path / "clean")
