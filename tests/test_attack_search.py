@@ -138,3 +138,30 @@ def test_two_words_of_budget_are_kept_against_the_original(oracle: LoadedModel) 
     for s in res.steps:
         if s.phase == "candidate":
             assert Budget(2, 0.12).allows(prompt, s.prompt, 2)
+
+
+def test_a_full_word_budget_swaps_in_the_next_word_instead_of_stopping() -> None:
+    """Importance says "worn" matters most, but only changing "boot" succeeds: with a one-word
+    budget, greedy spends its remaining queries on "boot" (applied to the original prompt, so
+    "worn" is back) instead of stopping after "worn"'s candidates."""
+    prompt = "a worn leather boot in winter"
+    words = [w.text for w in split_words(prompt)]
+
+    def query(text: str) -> Outcome:
+        got = [w.text for w in split_words(text)]
+        if len(got) < len(words):  # an ablation: "worn" most important, "boot" second
+            gone = next((w for w in words if w not in got), "")
+            obj = {"worn": 0.9, "boot": 0.5}.get(gone, 0.1)
+            return Outcome(obj, 1.0)
+        if got[3] != "boot":
+            return Outcome(0.8, 0.001)
+        return Outcome(0.3 if got[1] != "worn" else 0.0, 0.9)
+
+    res = greedy_attack(prompt, "typo", query, queries=12, k=2, budget=Budget(1, 0.2), seed=0)
+    assert res.success and res.words_changed == (3,)
+    adv = [w.text for w in split_words(res.adversarial)]
+    assert adv[1] == "worn" and adv[3] != "boot"
+    assert [s.word_index for s in res.steps if s.accepted] == [3]
+    assert all(Budget(1, 0.2).allows(prompt, s.prompt, 1) for s in res.steps if s.phase == "candidate")
+    # with the old stop-at-full-budget rule, only "worn" would have been tried
+    assert {s.word_index for s in res.steps if s.phase == "candidate"} == {1, 3}

@@ -10,8 +10,10 @@ or replayed from a checkpointed log.
   (one query per word), highest first.
 * ``greedy_attack``: the paper's greedy search: words in importance order; for each, up to
   ``k`` candidates of the rule, each queried; the best candidate is kept when it raises the
-  objective; stop at the first success (p-value < alpha), at ``budget.max_words`` words
-  changed, or when ``queries`` are spent. The importance queries are charged to the same
+  objective; once ``budget.max_words`` words are changed, the next word's best candidate
+  replaces the last change when it scores higher (so a one-word budget keeps trying words in
+  importance order); stop at the first success (p-value < alpha), when the words run out, or
+  when ``queries`` are spent. The importance queries are charged to the same
   budget, so greedy and random spend exactly the same number of generated sets.
 * ``random_attack``: the "human random attack" baseline: up to ``queries`` random perturbations
   within the same budget (``perturb.random_perturbation``), stopping at the first success.
@@ -125,12 +127,15 @@ def greedy_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Bu
 
     ranked = _rank(prompt, lambda i: ask("importance", ablate(prompt, i), i), include_stop_words,
                    max_queries=queries)
-    current, best, changed = prompt, None, []
+    # history[j] = (prompt, changed words) after j accepted changes; history[-1] is current
+    history: list[tuple[str, list[int]]] = [(prompt, [])]
+    best: Outcome | None = None
     for index, _ in ranked:
-        if len(steps) >= queries or len(changed) >= budget.max_words or (
-                best is not None and best.p_value < alpha):
+        if len(steps) >= queries or (best is not None and best.p_value < alpha):
             break
-        cands = [c for c in word_candidates(current, index, rule, seed, 4 * k, Budget(1, 1.0),
+        # a full word budget swaps the last accepted change for this word's best candidate
+        base, changed = history[-1] if len(history) <= budget.max_words else history[-2]
+        cands = [c for c in word_candidates(base, index, rule, seed, 4 * k, Budget(1, 1.0),
                                             include_stop_words)
                  if budget.allows(prompt, c, len(changed) + 1)][:k]
         word_best: tuple[str, Outcome, int] | None = None
@@ -143,10 +148,16 @@ def greedy_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Bu
             if out.p_value < alpha:
                 break
         if word_best is not None and (best is None or word_best[1].objective > best.objective):
-            current, best = word_best[0], word_best[1]
-            changed.append(index)
+            best = word_best[1]
+            if len(history) > budget.max_words:
+                history.pop()
+                for s in steps:  # the swapped-out change is no longer part of the attack
+                    if s.accepted and s.word_index not in changed:
+                        steps[s.query] = Step(s.query, s.phase, s.prompt, s.word_index, s.outcome, False)
+            history.append((word_best[0], changed + [index]))
             j = word_best[2]
             steps[j] = Step(j, "candidate", steps[j].prompt, index, steps[j].outcome, True)
+    current, changed = history[-1]
     note = "" if best is not None else ("no perturbable word" if not ranked else
                                          "no candidate within the budget")
     return _result(prompt, current, rule, "greedy", changed, best, alpha, steps, note)
