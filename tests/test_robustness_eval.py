@@ -21,7 +21,7 @@ EVAL = {"name": "robustness", "params": {"rules": ["typo", "glyph"], "searches":
                                          "images": 16, "queries": 8, "candidates": 2,
                                          "budget": {"max_words": 1, "max_edit_fraction": 0.2},
                                          "objective": "mmd", "test": "mmd", "permutations": 99,
-                                         "clip": None}}
+                                         "correction": "none", "clip": None}}
 
 
 def attack_suite(**over) -> dict:
@@ -67,6 +67,7 @@ def test_attacks_on_the_keyword_oracle(cli, write_suite, tmp_path):
     md = (tmp_path / "rep" / "rob.md").read_text()
     assert "Attack success rate" in md and "typo / greedy" in md and "all rules / random" in md
     assert "0.667 [" in md  # greedy's 2 of 3 with its Wilson interval
+    assert "below 0.05 (uncorrected for the 8 queries per attack)" in md
     assert (tmp_path / "rep" / "rob_attack_objectives.png").is_file()
     assert "\\begin{tabular}" in (tmp_path / "rep" / "rob.tex").read_text()
 
@@ -74,12 +75,23 @@ def test_attacks_on_the_keyword_oracle(cli, write_suite, tmp_path):
 def test_bad_parameters_fail_plan(cli, write_suite):
     cases = (({"rules": ["leet"]}, "rules"), ({"budget": {"max_words": 0}}, "budget"),
              ({"queries": 0}, "queries"), ({"objective": "kl"}, "clip"),
-             ({"searches": "beam"}, "searches"), ({"images": 1}, "images"))
+             ({"searches": "beam"}, "searches"), ({"images": 1}, "images"),
+             ({"correction": "holm"}, "correction"),
+             # 1/100 cannot fall below 0.05 / 8 queries (Bonferroni)
+             ({"correction": "bonferroni"}, "permutations"))
     for params, field in cases:
         suite = attack_suite()
         suite["evals"][0]["params"] = {**EVAL["params"], **params}
         code, _, err = cli("plan", write_suite(suite))
         assert code == 2 and f"evals[0].params.{field}" in err, (params, err)
+
+
+def test_the_success_level_is_bonferroni_corrected_by_default():
+    from bench.evals.robustness import Robustness, success_level
+
+    assert success_level(0.05, 10, "bonferroni") == 0.005 and success_level(0.05, 10, "none") == 0.05
+    assert Robustness(queries=10).level == 0.005
+    assert Robustness(queries=10, correction="none", alpha=0.1).level == 0.1
 
 
 def test_an_unconditional_model_is_refused(cli, write_suite, tmp_path):

@@ -16,9 +16,12 @@ measures them against the original prompt's images (``bench.attacks.objectives``
   the *original* prompt, its drop from the original images', and the one-sided Mann-Whitney
   p-value of that drop.
 
-The search maximises ``objective``; an attack succeeds when ``test``'s p-value is below
-``alpha``. With ``clip: null`` the embeddings are the raw samples (oracles), and only the MMD
-objective and test exist. Every query is logged and checkpointed; a resumed shard replays the
+The search maximises ``objective``; an attack succeeds when ``test``'s p-value is below the
+per-query level: ``alpha / queries`` with ``correction: bonferroni`` (the default: ``alpha`` is
+then the chance that an attack on a model that ignores the change "succeeds" by luck at least
+once over its ``queries`` tests; uncorrected, 10 queries at 0.05 would give up to 40%), or
+``alpha`` itself with ``correction: none``. With ``clip: null`` the embeddings are the raw
+samples (oracles), and only the MMD objective and test exist. Every query is logged and checkpointed; a resumed shard replays the
 log (the searches are deterministic), so it ends with the same rows as an uninterrupted one.
 
 Rows: ``attack_success_rate`` per ``rule=R,search=S`` and per ``search=S`` (Wilson 95% CI over
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
 ATTACKS_DIR = "_attacks"
 OBJECTIVES = {"clipscore_drop": "clipscore_drop", "kl": "kl", "mmd": "mmd2"}
 TESTS = {"mannwhitney": "mw_p", "mmd": "mmd_p"}
+CORRECTIONS = ("bonferroni", "none")
 WILSON = "Wilson score 95% interval over attacked prompts"
 OUTPUTS = {
     "attack_success_rate": Output(False, WILSON, "share of prompts whose attack succeeded "
@@ -73,6 +77,11 @@ OUTPUTS = {
     "attack_edit_distance": Output(None, "none (one attack)", "Levenshtein distance of the "
                                    "adversarial prompt from the original"),
 }
+
+
+def success_level(alpha: float, queries: int, correction: str) -> float:
+    """The p-value below which one query counts as a success (module doc)."""
+    return alpha / queries if correction == "bonferroni" else alpha
 
 
 def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -102,7 +111,7 @@ def _attack_dict(r: AttackResult) -> dict[str, Any]:
 
 @EVALS.register("robustness", "Prompt-robustness attacks (typo / glyph / phonetic x greedy / "
                 "random) judged on image distributions (params: rules, searches, images, queries, "
-                "candidates, budget, objective, test, alpha, clip)")
+                "candidates, budget, objective, test, alpha, correction, clip)")
 class Robustness(Eval):
     shape = "loop"
     report_sections = "bench.report.robustness:robustness_sections"
@@ -111,7 +120,8 @@ class Robustness(Eval):
     def __init__(self, *, rules: Any = ("typo", "glyph", "phonetic"),
                  searches: Any = ("greedy", "random"), images: int = 16, queries: int = 10,
                  candidates: int = 3, budget: Any = None, objective: str = "clipscore_drop",
-                 test: str = "mannwhitney", alpha: float = 0.05, permutations: int = 200,
+                 test: str = "mannwhitney", alpha: float = 0.05, correction: str = "bonferroni",
+                 permutations: int = 200,
                  clip: str | None = "fmnist-clip", arch: str = "ViT-B-32",
                  include_stop_words: bool = False, attack_seed: int = 0, gallery: int = 4) -> None:
         rules = [rules] if isinstance(rules, str) else rules
@@ -146,16 +156,27 @@ class Robustness(Eval):
                              "give a CLIP (e.g. clip: fmnist-clip), or objective: mmd and test: mmd.")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
             raise FieldError("alpha", f"= {alpha!r}.", "use a significance level in (0, 1), e.g. 0.05.")
+        if correction not in CORRECTIONS:
+            raise FieldError("correction", f"= {correction!r}.", f"use one of: {', '.join(CORRECTIONS)}.")
         self.rules, self.searches = list(rules), list(searches)
         self.images, self.queries, self.candidates = images, queries, candidates
         self.objective, self.test, self.alpha = objective, test, float(alpha)
+        self.correction = correction
+        self.level = success_level(self.alpha, queries, correction)
+        if test == "mmd" and 1 / (permutations + 1) >= self.level:
+            need = math.floor(1 / self.level)
+            raise FieldError("permutations", f"= {permutations}: the permutation test's smallest "
+                             f"p-value, 1/{permutations + 1}, cannot fall below the success level "
+                             f"{self.level:.3g} (alpha {self.alpha:g}, correction {correction}).",
+                             f"use permutations >= {need}, or a larger alpha.")
         self.permutations, self.clip, self.arch = permutations, clip, arch
         self.include_stop_words, self.attack_seed = bool(include_stop_words), attack_seed
         self.gallery = min(gallery, images)
         super().__init__(rules=self.rules, searches=self.searches, images=images, queries=queries,
                          candidates=candidates, budget={"max_words": self.budget.max_words,
                                                         "max_edit_fraction": self.budget.max_edit_fraction},
-                         objective=objective, test=test, alpha=self.alpha, permutations=permutations,
+                         objective=objective, test=test, alpha=self.alpha, correction=correction,
+                         permutations=permutations,
                          clip=clip, arch=arch, include_stop_words=self.include_stop_words,
                          attack_seed=attack_seed, gallery=self.gallery)
 
@@ -253,7 +274,7 @@ class Robustness(Eval):
                         continue
                     res = SEARCHES[search](
                         original, rule, query, budget=self.budget, queries=self.queries,
-                        k=self.candidates, alpha=self.alpha, seed=self.attack_seed,
+                        k=self.candidates, alpha=self.level, seed=self.attack_seed,
                         include_stop_words=self.include_stop_words)
                     meta["attacks"].append({"cond": ci, **_attack_dict(res)})
                     done.add((ci, rule, search))
@@ -354,7 +375,7 @@ class Robustness(Eval):
                               "candidate": s["prompt"], "word_index": s["word_index"],
                               "accepted": s["accepted"], "objective": s["outcome"]["objective"],
                               "p_value": s["outcome"]["p_value"], **s["outcome"]["values"],
-                              "success": s["outcome"]["p_value"] < self.alpha, "note": ""})
+                              "success": s["outcome"]["p_value"] < self.level, "note": ""})
             table.append({**lead, "phase": "result", "query": len(a["steps"]),
                           "candidate": a["adversarial"], "word_index": -1, "accepted": True,
                           "objective": o["objective"] if o else nan,

@@ -26,6 +26,18 @@ def _cell_tables(ctx: ReportContext, keys: list[str]) -> pd.DataFrame:
     return table[table["config_hash"].isin(keys)] if "config_hash" in table else table.iloc[:0]
 
 
+def _level_text(params: dict[str, Any]) -> str:
+    from bench.evals.robustness import success_level
+
+    correction = params.get("correction", "none")
+    level = success_level(params["alpha"], params["queries"], correction)
+    if correction == "bonferroni":
+        return (f"{level:.3g} ({params['alpha']:g} / {params['queries']} queries: Bonferroni, so a "
+                f"model that ignores the change fails each attack with probability >= "
+                f"{1 - params['alpha']:g})")
+    return f"{level:g} (uncorrected for the {params['queries']} queries per attack)"
+
+
 def robustness_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     rates = sdf[sdf["metric"] == "attack_success_rate"]
     if rates.empty:
@@ -41,7 +53,7 @@ def robustness_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
              f"ablations count), at most {b['max_words']} word(s) changed and "
              f"{100 * b['max_edit_fraction']:g}% of the prompt's characters edited. The search "
              f"maximises `{params['objective']}`; an attack succeeds when the `{params['test']}` "
-             f"test's p-value is below {params['alpha']:g}. Images of every prompt come from the "
+             f"test's p-value is below {_level_text(params)}. Images of every prompt come from the "
              f"same initial noises (common random numbers). "
              + interval_caption("attack_success_rate") + ".")]
     slices = list(dict.fromkeys(s for s in rates["slice"] if s.startswith("rule=")))
