@@ -12,7 +12,8 @@ import bench.models  # noqa: F401  (registers the models)
 
 from bench.attacks.objectives import mmd_permutation_test
 from bench.attacks.perturb import Budget, split_words
-from bench.attacks.search import (Outcome, ablate, greedy_attack, random_attack, word_importance)
+from bench.attacks.search import (Outcome, ablate, greedy_attack, greedy_text_attack, random_attack,
+                                  word_importance)
 from bench.conditions import Condition
 from bench.errors import BenchError
 from bench.generate import LoadedModel, SamplerSpec, generate
@@ -165,3 +166,25 @@ def test_a_full_word_budget_swaps_in_the_next_word_instead_of_stopping() -> None
     assert all(Budget(1, 0.2).allows(prompt, s.prompt, 1) for s in res.steps if s.phase == "candidate")
     # with the old stop-at-full-budget rule, only "worn" would have been tried
     assert {s.word_index for s in res.steps if s.phase == "candidate"} == {1, 3}
+
+
+def test_greedy_text_ranks_by_the_text_distance_at_no_query_cost(oracle: LoadedModel) -> None:
+    prompt = "a worn leather boot in winter"
+    asked: list[tuple[str, str]] = []
+
+    def distance(a: str, b: str) -> float:  # a text encoder that only knows the keyword
+        asked.append((a, b))
+        return float("boot" in a.split()) - float("boot" in b.split())
+
+    log: list[str] = []
+    res = greedy_text_attack(prompt, "typo", make_query(oracle, prompt, log), queries=10, k=3,
+                             budget=Budget(1, 0.2), seed=0, distance=distance)
+    assert res.search == "greedy-text" and res.success and res.words_changed == (3,)
+    assert res.queries == len(log) == 1  # no importance queries: the first candidate succeeds
+    assert [s.phase for s in res.steps] == ["candidate"]
+    assert sorted(b for _, b in asked) == sorted(ablate(prompt, i) for i in (1, 2, 3, 5))
+    # image importance spends a query per content word first
+    assert greedy_attack(prompt, "typo", make_query(oracle, prompt), queries=10, k=3,
+                         budget=Budget(1, 0.2), seed=0).queries == 5
+    with pytest.raises(ValueError, match="text distance"):
+        greedy_text_attack(prompt, "typo", make_query(oracle, prompt))

@@ -15,6 +15,10 @@ or replayed from a checkpointed log.
   importance order); stop at the first success (p-value < alpha), when the words run out, or
   when ``queries`` are spent. The importance queries are charged to the same
   budget, so greedy and random spend exactly the same number of generated sets.
+* ``greedy_text_attack`` (``greedy-text``): the same greedy search with the importance taken
+  from the text encoder instead of generated images: each word's ``distance`` (e.g. CLIP text
+  embedding cosine distance) between the prompt and the prompt without it. No generated set is
+  spent on the ranking, so the whole budget goes to candidates.
 * ``random_attack``: the "human random attack" baseline: up to ``queries`` random perturbations
   within the same budget (``perturb.random_perturbation``), stopping at the first success.
 
@@ -33,7 +37,8 @@ import jellyfish
 from bench.attacks.perturb import (Budget, perturbable_words, random_perturbation, replace_word,
                                    split_words, word_candidates)
 
-__all__ = ["Outcome", "Step", "AttackResult", "word_importance", "greedy_attack", "random_attack",
+__all__ = ["Outcome", "Step", "AttackResult", "word_importance", "greedy_attack",
+           "greedy_text_attack", "random_attack",
            "ablate", "SEARCHES"]
 
 
@@ -115,8 +120,29 @@ def _result(prompt: str, adversarial: str, rule: str, search: str, changed: list
 
 def greedy_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Budget(),
                   queries: int = 20, k: int = 5, alpha: float = 0.05, seed: int = 0,
-                  include_stop_words: bool = False) -> AttackResult:
-    """The greedy word-level search (module doc)."""
+                  include_stop_words: bool = False, distance: object = None) -> AttackResult:
+    """The greedy word-level search with importance from generated images (module doc;
+    ``distance`` is accepted for a uniform call and not used)."""
+    return _greedy(prompt, rule, query, budget, queries, k, alpha, seed, include_stop_words,
+                   None, "greedy")
+
+
+def greedy_text_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Budget(),
+                       queries: int = 20, k: int = 5, alpha: float = 0.05, seed: int = 0,
+                       include_stop_words: bool = False,
+                       distance: Callable[[str, str], float] | None = None) -> AttackResult:
+    """``greedy-text`` (module doc): words ranked by ``distance(prompt, prompt without the
+    word)``, at no query cost."""
+    if distance is None:
+        raise ValueError("search 'greedy-text' needs a text distance (a CLIP text encoder); "
+                         "use search 'greedy' without one")
+    return _greedy(prompt, rule, query, budget, queries, k, alpha, seed, include_stop_words,
+                   distance, "greedy-text")
+
+
+def _greedy(prompt: str, rule: str, query: QueryFn, budget: Budget, queries: int, k: int,
+            alpha: float, seed: int, include_stop_words: bool,
+            distance: Callable[[str, str], float] | None, search: str) -> AttackResult:
     _check(queries, k, alpha)
     steps: list[Step] = []
 
@@ -125,8 +151,12 @@ def greedy_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Bu
         steps.append(Step(len(steps), phase, text, index, out, False))
         return out
 
-    ranked = _rank(prompt, lambda i: ask("importance", ablate(prompt, i), i), include_stop_words,
-                   max_queries=queries)
+    if distance is None:
+        ranked = _rank(prompt, lambda i: ask("importance", ablate(prompt, i), i),
+                       include_stop_words, max_queries=queries)
+    else:
+        ranked = _rank(prompt, lambda i: Outcome(float(distance(prompt, ablate(prompt, i))), 1.0),
+                       include_stop_words, max_queries=None)
     # history[j] = (prompt, changed words) after j accepted changes; history[-1] is current
     history: list[tuple[str, list[int]]] = [(prompt, [])]
     best: Outcome | None = None
@@ -160,12 +190,13 @@ def greedy_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Bu
     current, changed = history[-1]
     note = "" if best is not None else ("no perturbable word" if not ranked else
                                          "no candidate within the budget")
-    return _result(prompt, current, rule, "greedy", changed, best, alpha, steps, note)
+    return _result(prompt, current, rule, search, changed, best, alpha, steps, note)
 
 
 def random_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Budget(),
                   queries: int = 20, alpha: float = 0.05, seed: int = 0,
-                  include_stop_words: bool = False, **_: object) -> AttackResult:
+                  include_stop_words: bool = False, distance: object = None,
+                  **_: object) -> AttackResult:
     """The random baseline (module doc): distinct random perturbations, ``queries`` at most;
     the adversarial prompt is the first success, or else the highest objective."""
     _check(queries, 1, alpha)
@@ -204,4 +235,5 @@ def _check(queries: int, k: int, alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}; e.g. alpha=0.05")
 
 
-SEARCHES: dict[str, Callable[..., AttackResult]] = {"greedy": greedy_attack, "random": random_attack}
+SEARCHES: dict[str, Callable[..., AttackResult]] = {
+    "greedy": greedy_attack, "greedy-text": greedy_text_attack, "random": random_attack}
