@@ -60,6 +60,16 @@ def test_attacks_on_the_keyword_oracle(cli, write_suite, tmp_path):
     assert set(boot[boot["p_value"] < 0.05]["candidate"]) == {"a worn leather in winter"}
     per_attack = rows[rows["metric"] == "attack_success"]
     assert len(per_attack) == 12 and per_attack["slice"].str.startswith("prompt=").all()
+    # success within q queries: rises with q, ends at the overall rate, and counts the queries
+    # up to each attack's first success
+    to_success = rows[rows["metric"] == "attack_queries_to_success"].set_index("slice")["value"]
+    assert to_success.notna().sum() == int(per_attack["value"].sum())
+    for search in ("greedy", "random"):
+        curve = [rate.loc[f"search={search},within={q}", "value"] for q in range(1, 9)]
+        assert curve == sorted(curve) and curve[-1] == rate.loc[f"search={search}", "value"]
+        mine = to_success[to_success.index.str.endswith(f"search={search}")]
+        assert curve == [float((mine <= q).sum() / 6) for q in range(1, 9)]
+    assert rate.loc["search=greedy,within=3", "value"] == 0  # 3-4 importance queries come first
 
     code, out, err = cli("report", tmp_path / "r", "--suite", "rob", "--out", tmp_path / "rep",
                          "--format", "md,latex")
@@ -68,6 +78,8 @@ def test_attacks_on_the_keyword_oracle(cli, write_suite, tmp_path):
     assert "Attack success rate" in md and "typo / greedy" in md and "all rules / random" in md
     assert "0.667 [" in md  # greedy's 2 of 3 with its Wilson interval
     assert "below 0.05 (uncorrected for the 8 queries per attack)" in md
+    assert "Success within a query budget" in md and "q = 8" in md
+    assert (tmp_path / "rep" / "rob_attack_budget_ddim_nfe8.png").is_file()
     assert (tmp_path / "rep" / "rob_attack_objectives.png").is_file()
     assert "\\begin{tabular}" in (tmp_path / "rep" / "rob.tex").read_text()
 
@@ -76,7 +88,7 @@ def test_bad_parameters_fail_plan(cli, write_suite):
     cases = (({"rules": ["leet"]}, "rules"), ({"budget": {"max_words": 0}}, "budget"),
              ({"queries": 0}, "queries"), ({"objective": "kl"}, "clip"),
              ({"searches": "beam"}, "searches"), ({"images": 1}, "images"),
-             ({"correction": "holm"}, "correction"),
+             ({"correction": "holm"}, "correction"), ({"searches": ["greedy-text"]}, "searches"),
              # 1/100 cannot fall below 0.05 / 8 queries (Bonferroni)
              ({"correction": "bonferroni"}, "permutations"))
     for params, field in cases:

@@ -5,7 +5,7 @@ one cell run through ``bench run`` (debug executor, one process).
 
     python -m bench.benchmarks.robustness_throughput [--model fmnist-t2i] [--guidance 4]
         [--prompts 3] [--images 16] [--queries 10] [--nfe 10] [--sampler ddim]
-        [--clip fmnist-clip] [--rules typo,glyph,phonetic] [--searches greedy,random]
+        [--clip fmnist-clip] [--rules typo,glyph,phonetic] [--searches greedy,greedy-text,random]
 
 The prompts are the first ``--prompts`` of each category of suites/prompts/fmnist-t2i-eval.csv
 (one per category, in file order, until there are enough). A query is one generated set of
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sampler", default="ddim")
     ap.add_argument("--clip", default="fmnist-clip")
     ap.add_argument("--rules", default="typo,glyph,phonetic")
-    ap.add_argument("--searches", default="greedy,random")
+    ap.add_argument("--searches", default="greedy,greedy-text,random")
     a = ap.parse_args(argv)
 
     import pandas as pd

@@ -4,7 +4,9 @@ text-conditional model, judged on the distribution of generated images.
 A loop eval: one shard per (model, sampler, NFE) cell. The cell's samples pick the prompts
 attacked (sample ``i`` has condition ``i mod K``; the distinct conditions of the cell's
 samples, in order). For each prompt, each rule (typo, glyph, phonetic) and each search
-(greedy, random; ``bench.attacks.search``) runs one attack of at most ``queries`` queries. A
+(greedy, greedy-text, random; ``bench.attacks.search``; greedy-text ranks words by the CLIP
+text embedding's cosine distance when each is deleted) runs one attack of at most ``queries``
+queries. A
 query generates ``images`` images of a prompt from the same initial noises as the original
 prompt's images (sample indices 0..images-1 of the cell's seed: common random numbers) and
 measures them against the original prompt's images (``bench.attacks.objectives``):
@@ -25,9 +27,13 @@ samples (oracles), and only the MMD objective and test exist. Every query is log
 log (the searches are deterministic), so it ends with the same rows as an uninterrupted one.
 
 Rows: ``attack_success_rate`` per ``rule=R,search=S`` and per ``search=S`` (Wilson 95% CI over
-attacked prompts), ``attack_queries`` (mean queries spent), and per attack (slice
-``prompt=ID,rule=R,search=S``) ``attack_objective``, ``attack_p_value``, ``attack_success``,
-``attack_edit_distance``. The per-sample table holds one row per query (``phase`` importance |
+attacked prompts), ``attack_queries`` (mean queries spent), the success rate within the first
+``q`` queries for q = 1..queries (slice ``search=S,within=q``: the attacks whose first success
+came at query q or earlier; as every search stops at its first success and decides its early
+queries without looking at the budget, except greedy's importance ranking when the budget is
+smaller than the prompt's word count, this is the success rate a budget of ``q`` would give),
+and per attack (slice ``prompt=ID,rule=R,search=S``) ``attack_objective``, ``attack_p_value``,
+``attack_success``, ``attack_edit_distance``, ``attack_queries_to_success``. The per-sample table holds one row per query (``phase`` importance |
 candidate | random; ``candidate`` the queried prompt; ``accepted``) and one ``phase = result``
 row per attack (``candidate`` = the adversarial prompt).
 """
@@ -76,6 +82,9 @@ OUTPUTS = {
     "attack_success": Output(None, "none (one attack)", "1 if the attack succeeded"),
     "attack_edit_distance": Output(None, "none (one attack)", "Levenshtein distance of the "
                                    "adversarial prompt from the original"),
+    "attack_queries_to_success": Output(None, "none (one attack)", "generated sets spent up to "
+                                        "and including the first success",
+                                        nan_means="the attack did not succeed"),
 }
 
 
@@ -133,6 +142,10 @@ class Robustness(Eval):
                 if g not in known:
                     raise FieldError(name, f"has {g!r}, which is not known.",
                                      f"use any of: {', '.join(known)}.")
+        if clip is None and "greedy-text" in searches:
+            raise FieldError("searches", "has 'greedy-text', which ranks words with a CLIP text "
+                             "encoder, but clip is null.", "give a CLIP (e.g. clip: fmnist-clip), "
+                             "or use search 'greedy'.")
         for name, v, lo in (("images", images, 2), ("queries", queries, 1),
                             ("candidates", candidates, 1), ("permutations", permutations, 1),
                             ("attack_seed", attack_seed, 0), ("gallery", gallery, 0)):
@@ -242,6 +255,11 @@ class Robustness(Eval):
             meta["metric_s"] += time.perf_counter() - t0
             return emb
 
+        def distance(a: str, b: str) -> float:
+            """Cosine distance of the CLIP text embeddings (greedy-text's word importance)."""
+            t = scorer.text_embeddings([a, b])
+            return float(1.0 - t[0] @ t[1])
+
         bar = tqdm(total=len(prompts) * len(self.rules) * len(self.searches), disable=None,
                    desc=f"{shard.label()} attacks", leave=False)
         for ci, cond in enumerate(prompts):
@@ -275,7 +293,7 @@ class Robustness(Eval):
                     res = SEARCHES[search](
                         original, rule, query, budget=self.budget, queries=self.queries,
                         k=self.candidates, alpha=self.level, seed=self.attack_seed,
-                        include_stop_words=self.include_stop_words)
+                        include_stop_words=self.include_stop_words, distance=distance)
                     meta["attacks"].append({"cond": ci, **_attack_dict(res)})
                     done.add((ci, rule, search))
                     if progress is not None:
@@ -342,6 +360,13 @@ class Robustness(Eval):
         return {k: float(v) for k, v in out.items()}
 
     # ------------------------------------------------------------------ rows
+    def _to_success(self, attack: dict[str, Any]) -> float:
+        """Queries spent up to and including the first success (NaN: none succeeded)."""
+        if not attack["success"]:
+            return float("nan")
+        return float(next(s["query"] for s in attack["steps"] if s["phase"] != "importance"
+                          and s["outcome"]["p_value"] < self.level) + 1)
+
     def finalize(self, shards: list[Any], results: list[ShardResult]
                  ) -> tuple[list[dict[str, Any]], pd.DataFrame | None]:
         import pandas as pd
@@ -365,7 +390,8 @@ class Robustness(Eval):
             for metric, value in (("attack_objective", o["objective"] if o else nan),
                                   ("attack_p_value", o["p_value"] if o else nan),
                                   ("attack_success", float(a["success"])),
-                                  ("attack_edit_distance", float(a["edit_distance"]))):
+                                  ("attack_edit_distance", float(a["edit_distance"])),
+                                  ("attack_queries_to_success", self._to_success(a))):
                 rows.append({**common, "slice": sl, "metric": metric, "value": value,
                              "n_samples": self.images})
             lead = {"cond_id": c["id"], "cond_text": c["text"], "category": c["category"],
@@ -397,6 +423,14 @@ class Robustness(Eval):
             rows.append({**common, "slice": sl, "metric": "attack_queries",
                          "value": float(np.mean([len(a["steps"]) for a in members])) if n else nan,
                          "n_samples": n})
+        for search in self.searches:
+            members = [self._to_success(a) for a in attacks if a["search"] == search]
+            for q in range(1, self.queries + 1):
+                k, n = sum(t <= q for t in members), len(members)
+                lo, hi = wilson(k, n)
+                rows.append({**common, "slice": f"search={search},within={q}",
+                             "metric": "attack_success_rate", "value": k / n if n else nan,
+                             "ci_low": lo, "ci_high": hi, "n_samples": n})
         frame = pd.DataFrame(table)
         frame.insert(0, "index", np.arange(len(frame), dtype=np.int64))
         return rows, frame

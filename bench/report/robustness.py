@@ -56,6 +56,8 @@ def robustness_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
              f"test's p-value is below {_level_text(params)}. Images of every prompt come from the "
              f"same initial noises (common random numbers). "
              + interval_caption("attack_success_rate") + ".")]
+    within = rates[rates["slice"].str.contains(",within=", regex=False)]
+    rates = rates.drop(within.index)
     slices = list(dict.fromkeys(s for s in rates["slice"] if s.startswith("rule=")))
     slices += [s for s in dict.fromkeys(rates["slice"]) if s.startswith("search=")]
     labels = [sl.replace("rule=", "").replace(",search=", " / ").replace("search=", "all rules / ")
@@ -76,12 +78,59 @@ def robustness_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
                                 caption="Share of prompts whose attack succeeded, per rule / "
                                         "search (columns) and model (rows); lower: a more "
                                         "robust model."))]
+    out += _within_blocks(within, ctx)
     table = _cell_tables(ctx, [str(k) for k in cells["config_hash"]])
     if not table.empty and "phase" in table:
         res = table[table["phase"] == "result"]
         out += _objective_blocks(res, params, ctx)
         out += _query_table(res)
     out += _gallery_blocks(ctx)
+    return out
+
+
+def _within_blocks(within: pd.DataFrame, ctx: ReportContext) -> list[Block]:
+    """Success rate within the first q queries: a table at a few budgets and the curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if within.empty:
+        return []
+    w = within.assign(search=within["slice"].str.extract(r"search=([^,]+)")[0],
+                      q=within["slice"].str.extract(r"within=(\d+)")[0].astype(int))
+    qmax = int(w["q"].max())
+    shown = sorted({q for q in (1, 2, 3, 5, qmax) if q <= qmax})
+    out: list[Block] = []
+    for (sampler, nfe), g in w.groupby(["sampler", "nfe"], sort=True):
+        rows: list[list[Any]] = []
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+        for (model, search), h in g.groupby(["model", "search"], sort=True):
+            h = h.sort_values("q")
+            cells_: list[Any] = [str(model), str(search)]
+            for q in shown:
+                r = h[h["q"] == q].iloc[0]
+                cells_.append(Value(float(r["value"]), float(r["ci_low"]), float(r["ci_high"])))
+            rows.append(cells_)
+            line, = ax.plot(h["q"], h["value"], marker="o", ms=3, label=f"{model} / {search}")
+            ax.fill_between(h["q"], h["ci_low"], h["ci_high"], color=line.get_color(), alpha=0.12)
+        ax.set_xlabel("query budget q (generated sets)")
+        ax.set_ylabel("attack success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{ctx.suite}: success within q queries ({sampler}, NFE {int(nfe)})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        png = ctx.out / f"{ctx.slug(ctx.suite)}_attack_budget_{ctx.slug(str(sampler))}_nfe{int(nfe)}.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        out += [Heading(f"Success within a query budget — {sampler}, NFE {int(nfe)}", 3),
+                Table(["model", "search"] + [f"q = {q}" for q in shown], rows,
+                      key=f"attack-within-{sampler}-{nfe}",
+                      caption="Share of attacks (all rules) whose first success came within "
+                              "the first q generated sets, with Wilson 95% intervals: the "
+                              "success rate at a smaller budget, read off the same attacks."),
+                Figure(png, "Success rate within the first q queries, per model and search "
+                            "(bands: Wilson 95% intervals)")]
     return out
 
 
