@@ -188,3 +188,29 @@ def test_greedy_text_ranks_by_the_text_distance_at_no_query_cost(oracle: LoadedM
                          budget=Budget(1, 0.2), seed=0).queries == 5
     with pytest.raises(ValueError, match="text distance"):
         greedy_text_attack(prompt, "typo", make_query(oracle, prompt))
+
+
+def test_a_success_is_kept_over_a_higher_objective_without_one() -> None:
+    """The objective and the test's p-value need not agree: a candidate that passes the test
+    ends the search as a success even when an earlier candidate scored a higher objective."""
+    prompt = "a worn boot"
+    seen: list[str] = []
+
+    def query(text: str) -> Outcome:
+        seen.append(text)
+        if len(text.split()) < 3:  # ablations
+            return Outcome(1.0 if "boot" not in text else 0.5, 1.0)
+        if "boot" in text.split():
+            return Outcome(0.9, 0.2)  # a changed "worn": high objective, not significant
+        return Outcome(0.3, 0.001)  # a changed "boot": lower objective, significant
+
+    res = greedy_attack(prompt, "typo", query, queries=10, k=2, budget=Budget(1, 0.3), alpha=0.01)
+    # "boot" ranks first: its candidates succeed at once
+    assert res.success and res.words_changed == (2,)
+
+    def rigged(text: str) -> Outcome:
+        if len(text.split()) < 3:  # now "worn" ranks first
+            return Outcome(1.0 if "worn" not in text else 0.5, 1.0)
+        return query(text)
+    res = greedy_attack(prompt, "typo", rigged, queries=10, k=2, budget=Budget(1, 0.3), alpha=0.01)
+    assert res.success and res.words_changed == (2,) and res.outcome.p_value == 0.001

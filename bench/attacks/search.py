@@ -9,12 +9,13 @@ or replayed from a checkpointed log.
 * ``word_importance``: each perturbable word's objective when it is deleted from the prompt
   (one query per word), highest first.
 * ``greedy_attack``: the paper's greedy search: words in importance order; for each, up to
-  ``k`` candidates of the rule, each queried; the best candidate is kept when it raises the
-  objective; once ``budget.max_words`` words are changed, the next word's best candidate
-  replaces the last change when it scores higher (so a one-word budget keeps trying words in
-  importance order); stop at the first success (p-value < alpha), when the words run out, or
-  when ``queries`` are spent. The importance queries are charged to the same
-  budget, so greedy and random spend exactly the same number of generated sets.
+  ``k`` candidates of the rule, each queried; the best candidate (a success first, then the
+  highest objective) is kept when it beats the current prompt; once ``budget.max_words``
+  words are changed, the next word's best candidate replaces the last change when it beats it
+  (so a one-word budget keeps trying words in importance order); stop at the first success
+  (p-value < alpha), when the words run out, or when ``queries`` are spent. The importance
+  queries are charged to the same budget, so greedy and random spend exactly the same number
+  of generated sets.
 * ``greedy_text_attack`` (``greedy-text``): the same greedy search with the importance taken
   from the text encoder instead of generated images: each word's ``distance`` (e.g. CLIP text
   embedding cosine distance) between the prompt and the prompt without it. No generated set is
@@ -157,6 +158,10 @@ def _greedy(prompt: str, rule: str, query: QueryFn, budget: Budget, queries: int
     else:
         ranked = _rank(prompt, lambda i: Outcome(float(distance(prompt, ablate(prompt, i))), 1.0),
                        include_stop_words, max_queries=None)
+    def better(a: Outcome, b: Outcome) -> bool:
+        """A success beats a failure; then the higher objective wins."""
+        return (a.p_value < alpha, a.objective) > (b.p_value < alpha, b.objective)
+
     # history[j] = (prompt, changed words) after j accepted changes; history[-1] is current
     history: list[tuple[str, list[int]]] = [(prompt, [])]
     best: Outcome | None = None
@@ -173,11 +178,11 @@ def _greedy(prompt: str, rule: str, query: QueryFn, budget: Budget, queries: int
             if len(steps) >= queries:
                 break
             out = ask("candidate", cand, index)
-            if word_best is None or out.objective > word_best[1].objective:
+            if word_best is None or better(out, word_best[1]):
                 word_best = (cand, out, len(steps) - 1)
             if out.p_value < alpha:
                 break
-        if word_best is not None and (best is None or word_best[1].objective > best.objective):
+        if word_best is not None and (best is None or better(word_best[1], best)):
             best = word_best[1]
             if len(history) > budget.max_words:
                 history.pop()
