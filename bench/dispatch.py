@@ -84,12 +84,29 @@ def new_run_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+def _interruptible_children() -> None:
+    """Let local jobs be cancelled when this process was started in the background.
+
+    A command started with ``&`` (or ``nohup``) from a non-interactive shell has SIGINT
+    ignored, and ignored signals stay ignored in its children: submitit's local controller would
+    then ignore the SIGINT by which ``bench cancel`` (like submitit's own ``cancel``) stops it.
+    A handled signal is reset to its default in a child, so handling SIGINT here lets the
+    controller install Python's KeyboardInterrupt handler again."""
+    import signal
+    import threading
+
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) == signal.SIG_IGN):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def make_executor(name: str, folder: Path, params: dict[str, Any]):  # -> submitit.Executor
     import submitit
 
     if name == "debug":
         return submitit.DebugExecutor(folder)
     if name == "local":
+        _interruptible_children()
         ex = submitit.LocalExecutor(folder)
         ex.update_parameters(timeout_min=int(params.get("timeout_min", 24 * 60)))
         return ex

@@ -72,7 +72,10 @@ def test_run_ids_on_the_command_line_are_checked(cli, tmp_path):
     assert code == 2 and "no run '../../x'" in err and "of the form" in err
 
 
-def test_a_real_local_run_is_still_cancelled(tmp_path):
+@pytest.mark.parametrize("background", [False, True])
+def test_a_real_local_run_is_still_cancelled(tmp_path, background):
+    """Also when the run was started in the background (``bench run ... &`` from a script, or
+    ``nohup``), which starts it with SIGINT ignored: the local jobs must not inherit that."""
     big = {"name": "gmm", "label": "g", "params": {"shape": [3, 16, 16], "cov": "full", "var_min": 0.01}}
     suite = small_suite(name="slow", samples=4000, batch_size=100, nfe=[200], samplers=["ddim"],
                         models=[big], executor={"name": "local"})
@@ -80,9 +83,10 @@ def test_a_real_local_run_is_still_cancelled(tmp_path):
     path.write_text(yaml.safe_dump(suite))
     res = tmp_path / "res"
     bench = [sys.executable, "-m", "bench"]
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
     driver = subprocess.Popen(bench + ["run", str(path), "--results", str(res)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=ignore)
     try:
         deadline = time.time() + 120
         while not (res / "_running").is_dir() or not list((res / "_running").glob("*.json")):
