@@ -75,7 +75,16 @@ def fmnist_t2i(*, guidance: Any = None, block: int = 16, dtype: str = "float32",
                                       block=block, dtype=dtype, name="fmnist-t2i", crop=crop))
 
 
-fmnist_t2i.validate_early = True  # type: ignore[attr-defined]
+@MODELS.register("fmnist-t2i-robust", "The robustness-trained twin of fmnist-t2i: the same recipe "
+                 "with 30% of the training captions perturbed by the attack rules (typo, glyph, "
+                 "phonetic), for suites/fmnist-robustness.yaml")
+def fmnist_t2i_robust(*, guidance: Any = None, block: int = 16, dtype: str = "float32",
+                      crop: int | None = 28) -> DiffusersAdapter:
+    return _relative(DiffusersAdapter(path=str(shipped("fmnist-t2i-robust")), guidance=guidance,
+                                      block=block, dtype=dtype, name="fmnist-t2i-robust", crop=crop))
+
+
+fmnist_t2i.validate_early = fmnist_t2i_robust.validate_early = True  # type: ignore[attr-defined]
 
 #: CLIP models trained here that score images (never a generator's own text encoder)
 SHIPPED_CLIPS = ("fmnist-clip",)
