@@ -98,6 +98,13 @@ def test_bad_parameters_fail_plan(cli, write_suite):
         assert code == 2 and f"evals[0].params.{field}" in err, (params, err)
 
 
+def test_gallery_titles_name_glyph_swaps():
+    from bench.report.robustness import visible
+
+    assert visible("a dr\u0435ss, \U0001d41eh") == "a dr<U+0435>ss, <U+1D41E>h"
+    assert visible("a plain dress") == "a plain dress"
+
+
 def test_the_success_level_is_bonferroni_corrected_by_default():
     from bench.evals.robustness import Robustness, success_level
 

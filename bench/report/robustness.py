@@ -144,14 +144,14 @@ def _objective_blocks(res: pd.DataFrame, params: dict[str, Any], ctx: ReportCont
     if res.empty:
         return []
     groups = list(res.groupby(["rule", "search", "model"], sort=True))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(groups)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(groups)), 3.8))
     data = [g["objective"].astype(float).to_numpy() for _, g in groups]
     ax.boxplot(data, showfliers=False)
     rng = np.random.default_rng(0)
     for i, d in enumerate(data, start=1):
         ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=8, alpha=0.6)
     ax.set_xticks(range(1, len(groups) + 1))
-    ax.set_xticklabels([f"{r}\n{s}\n{m}" for (r, s, m), _ in groups], fontsize=7)
+    ax.set_xticklabels([f"{r}\n{s}\n{m}" for (r, s, m), _ in groups], fontsize=6.5)
     ax.set_ylabel(params["objective"])
     ax.set_title(f"{ctx.suite}: objective of the adversarial prompt per attack")
     fig.tight_layout()
@@ -207,6 +207,12 @@ def _gallery_blocks(ctx: ReportContext) -> list[Block]:
     return out
 
 
+def visible(text: str) -> str:
+    """``text`` with every non-ASCII character written as ``<U+XXXX>``: a glyph swap looks like
+    the letter it replaces (or is missing from the plot's font), so it is named instead."""
+    return "".join(c if ord(c) < 128 else f"<U+{ord(c):04X}>" for c in text)
+
+
 def pair_png(items: list[tuple[dict[str, Any], np.ndarray, np.ndarray]], title: str, png: Path) -> Path:
     """Rows of [original images | adversarial images], each row titled with both prompts."""
     import matplotlib
@@ -215,7 +221,7 @@ def pair_png(items: list[tuple[dict[str, Any], np.ndarray, np.ndarray]], title: 
     import matplotlib.pyplot as plt
 
     n = items[0][1].shape[0]
-    fig, axes = plt.subplots(len(items), 2, figsize=(2 * max(2.0, 0.9 * n), 1.25 * len(items) + 0.5),
+    fig, axes = plt.subplots(len(items), 2, figsize=(2 * max(2.4, 0.9 * n), 1.4 * len(items) + 0.5),
                              squeeze=False)
     for row, (info, orig, adv) in zip(axes, items):
         for ax, imgs, text in ((row[0], orig, info["original"]), (row[1], adv, info["adversarial"])):
@@ -224,9 +230,9 @@ def pair_png(items: list[tuple[dict[str, Any], np.ndarray, np.ndarray]], title: 
                       vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{text}" if ax is row[0] else
-                         f"{text}  [{info['rule']}/{info['search']}, p={info['p_value']:.2g}]",
-                         fontsize=7)
+            ax.set_title(visible(text) if ax is row[0] else
+                         f"{visible(text)}\n[{info['rule']}/{info['search']}, "
+                         f"p={info['p_value']:.2g}]", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
