@@ -31,11 +31,13 @@ attacked prompts), ``attack_queries`` (mean queries spent), the success rate wit
 ``q`` queries for q = 1..queries (slice ``search=S,within=q``: the attacks whose first success
 came at query q or earlier; as every search stops at its first success and decides its early
 queries without looking at the budget, except greedy's importance ranking when the budget is
-smaller than the prompt's word count, this is the success rate a budget of ``q`` would give),
-and per attack (slice ``prompt=ID,rule=R,search=S``) ``attack_objective``, ``attack_p_value``,
-``attack_success``, ``attack_edit_distance``, ``attack_queries_to_success``. The per-sample table holds one row per query (``phase`` importance |
-candidate | random; ``candidate`` the queried prompt; ``accepted``) and one ``phase = result``
-row per attack (``candidate`` = the adversarial prompt).
+smaller than the prompt's word count, this is the success rate a budget of ``q`` would give
+judged at the full budget's level, stricter than a ``q``-query attack's own ``alpha / q``), and
+per attack (slice ``prompt=ID,rule=R,search=S``) ``attack_objective``, ``attack_p_value``,
+``attack_success``, ``attack_edit_distance``, ``attack_queries_to_success``. The per-sample
+table holds one row per query (``phase`` importance | candidate | random; ``candidate`` the
+queried prompt; ``accepted``) and one ``phase = result`` row per attack (``candidate`` = the
+adversarial prompt).
 """
 
 from __future__ import annotations

@@ -128,7 +128,9 @@ def _within_blocks(within: pd.DataFrame, ctx: ReportContext) -> list[Block]:
                       key=f"attack-within-{sampler}-{nfe}",
                       caption="Share of attacks (all rules) whose first success came within "
                               "the first q generated sets, with Wilson 95% intervals: the "
-                              "success rate at a smaller budget, read off the same attacks."),
+                              "success rate at a smaller budget, read off the same attacks "
+                              "and judged at the full budget's level (stricter than a "
+                              "q-query attack's own Bonferroni level)."),
                 Figure(png, "Success rate within the first q queries, per model and search "
                             "(bands: Wilson 95% intervals)")]
     return out
