@@ -200,8 +200,7 @@ def _greedy(prompt: str, rule: str, query: QueryFn, budget: Budget, queries: int
 
 def random_attack(prompt: str, rule: str, query: QueryFn, *, budget: Budget = Budget(),
                   queries: int = 20, alpha: float = 0.05, seed: int = 0,
-                  include_stop_words: bool = False, distance: object = None,
-                  **_: object) -> AttackResult:
+                  include_stop_words: bool = False, **_: object) -> AttackResult:
     """The random baseline (module doc): distinct random perturbations, ``queries`` at most;
     the adversarial prompt is the first success, or else the highest objective."""
     _check(queries, 1, alpha)
