@@ -38,8 +38,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class DiffusersAdapter(ModelAdapter):
     """See the module docstring. ``path`` is a pipeline or UNet folder."""
 
-    validate_early = True
-
     def __init__(self, *, path: str, scheduler: str | None = None, guidance: Any = None,
                  null_class: int | None = None, prediction_type: str | None = None,
                  dtype: str = "float32", block: int = 16, name: str | None = None,

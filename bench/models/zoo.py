@@ -63,28 +63,26 @@ def fmnist_v(*, block: int = 16, dtype: str = "float32") -> DiffusersAdapter:
                                       name="fmnist-v"))
 
 
-fmnist_cond.validate_early = fmnist_v.validate_early = True  # type: ignore[attr-defined]
+def _shipped_t2i(name: str, description: str) -> Any:
+    """Register the shipped StableDiffusion-style folder ``name``; decoded 32x32 images are
+    cropped to the 28x28 of the data (``crop``)."""
+
+    def model(*, guidance: Any = None, block: int = 16, dtype: str = "float32",
+              crop: int | None = 28) -> DiffusersAdapter:
+        return _relative(DiffusersAdapter(path=str(shipped(name)), guidance=guidance,
+                                          block=block, dtype=dtype, name=name, crop=crop))
+
+    return MODELS.register(name, description)(model)
 
 
-@MODELS.register("fmnist-t2i", "Latent text-to-image model trained here on captioned Fashion-MNIST "
-                 "(AutoencoderKL + CLIP text encoder + UNet2DConditionModel, StableDiffusion-style "
-                 "folder); decoded 32x32 images are cropped to the 28x28 of the data")
-def fmnist_t2i(*, guidance: Any = None, block: int = 16, dtype: str = "float32",
-               crop: int | None = 28) -> DiffusersAdapter:
-    return _relative(DiffusersAdapter(path=str(shipped("fmnist-t2i")), guidance=guidance,
-                                      block=block, dtype=dtype, name="fmnist-t2i", crop=crop))
-
-
-@MODELS.register("fmnist-t2i-robust", "The robustness-trained twin of fmnist-t2i: the same recipe "
-                 "with 30% of the training captions perturbed by the attack rules (typo, glyph, "
-                 "phonetic), for suites/fmnist-robustness.yaml")
-def fmnist_t2i_robust(*, guidance: Any = None, block: int = 16, dtype: str = "float32",
-                      crop: int | None = 28) -> DiffusersAdapter:
-    return _relative(DiffusersAdapter(path=str(shipped("fmnist-t2i-robust")), guidance=guidance,
-                                      block=block, dtype=dtype, name="fmnist-t2i-robust", crop=crop))
-
-
-fmnist_t2i.validate_early = fmnist_t2i_robust.validate_early = True  # type: ignore[attr-defined]
+fmnist_t2i = _shipped_t2i(
+    "fmnist-t2i", "Latent text-to-image model trained here on captioned Fashion-MNIST "
+    "(AutoencoderKL + CLIP text encoder + UNet2DConditionModel, StableDiffusion-style folder); "
+    "decoded 32x32 images are cropped to the 28x28 of the data")
+fmnist_t2i_robust = _shipped_t2i(
+    "fmnist-t2i-robust", "The robustness-trained twin of fmnist-t2i: the same recipe with 30% of "
+    "the training captions perturbed by the attack rules (typo, glyph, phonetic), for "
+    "suites/fmnist-robustness.yaml")
 
 #: CLIP models trained here that score images (never a generator's own text encoder)
 SHIPPED_CLIPS = ("fmnist-clip",)
