@@ -6,10 +6,9 @@ attacked (sample ``i`` has condition ``i mod K``; the distinct conditions of the
 samples, in order). For each prompt, each rule (typo, glyph, phonetic) and each search
 (greedy, greedy-text, random; ``bench.attacks.search``; greedy-text ranks words by the CLIP
 text embedding's cosine distance when each is deleted) runs one attack of at most ``queries``
-queries. A
-query generates ``images`` images of a prompt from the same initial noises as the original
-prompt's images (sample indices 0..images-1 of the cell's seed: common random numbers) and
-measures them against the original prompt's images (``bench.attacks.objectives``):
+queries. A query generates ``images`` images of a prompt from the same initial noises as the
+original prompt's images (sample indices 0..images-1 of the cell's seed: common random numbers)
+and measures them against the original prompt's images (``bench.attacks.objectives``):
 
 * ``mmd2`` / ``mmd_p``: unbiased MMD² on CLIP image embeddings and its permutation p-value;
 * ``kl``: the CLIP KL surrogate (sign: positive = the perturbed images sit closer to the
@@ -23,8 +22,9 @@ per-query level: ``alpha / queries`` with ``correction: bonferroni`` (the defaul
 then the chance that an attack on a model that ignores the change "succeeds" by luck at least
 once over its ``queries`` tests; uncorrected, 10 queries at 0.05 would give up to 40%), or
 ``alpha`` itself with ``correction: none``. With ``clip: null`` the embeddings are the raw
-samples (oracles), and only the MMD objective and test exist. Every query is logged and checkpointed; a resumed shard replays the
-log (the searches are deterministic), so it ends with the same rows as an uninterrupted one.
+samples (oracles), and only the MMD objective and test exist. Every query is logged and
+checkpointed; a resumed shard replays the log (the searches are deterministic), so it ends with
+the same rows as an uninterrupted one.
 
 Rows: ``attack_success_rate`` per ``rule=R,search=S`` and per ``search=S`` (Wilson 95% CI over
 attacked prompts), ``attack_queries`` (mean queries spent), the success rate within the first
@@ -121,7 +121,7 @@ def _attack_dict(r: AttackResult) -> dict[str, Any]:
 
 
 @EVALS.register("robustness", "Prompt-robustness attacks (typo / glyph / phonetic x greedy / "
-                "random) judged on image distributions (params: rules, searches, images, queries, "
+                "greedy-text / random) judged on image distributions (params: rules, searches, images, queries, "
                 "candidates, budget, objective, test, alpha, correction, clip)")
 class Robustness(Eval):
     shape = "loop"
@@ -176,7 +176,6 @@ class Robustness(Eval):
         self.rules, self.searches = list(rules), list(searches)
         self.images, self.queries, self.candidates = images, queries, candidates
         self.objective, self.test, self.alpha = objective, test, float(alpha)
-        self.correction = correction
         self.level = success_level(self.alpha, queries, correction)
         if test == "mmd" and 1 / (permutations + 1) >= self.level:
             need = math.floor(1 / self.level)
