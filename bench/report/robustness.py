@@ -129,8 +129,8 @@ def _within_blocks(within: pd.DataFrame, ctx: ReportContext) -> list[Block]:
                       caption="Share of attacks (all rules) whose first success came within "
                               "the first q generated sets, with Wilson 95% intervals: the "
                               "success rate at a smaller budget, read off the same attacks "
-                              "and judged at the full budget's level (stricter than a "
-                              "q-query attack's own Bonferroni level)."),
+                              "and judged at the full budget's success level (with the "
+                              "Bonferroni correction, stricter than a q-query attack's own)."),
                 Figure(png, "Success rate within the first q queries, per model and search "
                             "(bands: Wilson 95% intervals)")]
     return out
