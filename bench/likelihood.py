@@ -17,13 +17,13 @@ Results are per-sample float64 tensors.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from bench.denoiser import Denoiser
+from bench.denoiser import Cond, Denoiser
 from bench.noise import NoiseSource
 from bench.samplers.schedules import DiscreteVP, VPSchedule
 
@@ -90,13 +90,29 @@ def vlb(denoiser: Denoiser, schedule: DiscreteVP, x0: Tensor, *, steps: int, var
     N(x0; x0_hat, sigma_1^2 I)``) or ``discretized`` (eq. 13, data in [-1, 1] on 256 levels).
     Returns ``nll`` (nats), ``prior``, ``kl`` (sum of the K - 1 transition terms), ``decoder``
     and ``bpd = nll / (d ln 2)`` (bits per 8-bit pixel directly with the discretized decoder).
+    ``vlb_variances`` gives several variances from the same network passes.
     """
+    return vlb_variances(denoiser, schedule, x0, steps=steps, variances=(variance,), noise=noise,
+                         cond=cond, gamma=gamma, decoder=decoder)[variance]
+
+
+def vlb_variances(denoiser: Denoiser, schedule: DiscreteVP, x0: Tensor, *, steps: int,
+                  variances: Sequence[str], noise: NoiseSource, cond: Any = None,
+                  gamma: Callable[[Tensor], Tensor] | None = None, decoder: str = "gaussian"
+                  ) -> dict[str, dict[str, Tensor]]:
+    """``vlb`` for each of ``variances`` from one set of draws and network passes (K per
+    sample): the terms differ only in the reverse variance, so the bounds of one sample under
+    beta, beta~ and the analytic variance are paired (their differences have no noise from the
+    draws of ``x_{tau_k}``). Returns ``{variance: vlb's dict}``."""
     if not isinstance(schedule, DiscreteVP):
         raise ValueError(f"vlb: needs the discrete schedule (DiscreteVP, betas of N steps), got "
                          f"{type(schedule).__name__}.")
-    if variance not in VARIANCES:
-        raise ValueError(f"vlb: variance={variance!r} is unknown; use one of "
-                         f"{', '.join(VARIANCES)}.")
+    if isinstance(variances, str) or not variances:
+        raise ValueError(f"vlb: variances={variances!r}; give a list of {', '.join(VARIANCES)}.")
+    for variance in variances:
+        if variance not in VARIANCES:
+            raise ValueError(f"vlb: variance={variance!r} is unknown; use one of "
+                             f"{', '.join(VARIANCES)}.")
     if decoder not in DECODERS:
         raise ValueError(f"vlb: decoder={decoder!r} is unknown; use one of {', '.join(DECODERS)}.")
     tau = timesteps(schedule.N, steps)
@@ -108,41 +124,76 @@ def vlb(denoiser: Denoiser, schedule: DiscreteVP, x0: Tensor, *, steps: int, var
     bbar, bbar_prev = 1.0 - abar, 1.0 - abar_prev
     beta_tilde = bbar_prev / bbar * beta
     levels = torch.sqrt(bbar / abar)
-    if variance == "beta":
-        var = beta
-    elif variance == "beta_tilde":
-        var = torch.cat([beta[:1], beta_tilde[1:]])
-    else:
-        if gamma is None:
-            from bench.samplers.analytic_dpm import estimate_gamma
-
-            g = estimate_gamma(denoiser, levels)
+    var: dict[str, Tensor] = {}
+    for variance in variances:
+        if variance == "beta":
+            var[variance] = beta
+        elif variance == "beta_tilde":
+            var[variance] = torch.cat([beta[:1], beta_tilde[1:]])
         else:
-            g = torch.as_tensor(gamma(levels), dtype=torch.float64).reshape(-1).cpu()
-        if g.shape != levels.shape:
-            raise ValueError(f"vlb: gamma gave {g.numel()} values for {levels.numel()} levels.")
-        gap = torch.sqrt(bbar / alpha) - torch.sqrt((bbar_prev - beta_tilde).clamp(min=0.0))
-        var = beta_tilde + gap**2 * (1.0 - g).clamp(0.0, 1.0)
+            if gamma is None:
+                from bench.samplers.analytic_dpm import estimate_gamma
+
+                g = estimate_gamma(denoiser, levels)
+            else:
+                g = torch.as_tensor(gamma(levels), dtype=torch.float64).reshape(-1).cpu()
+            if g.shape != levels.shape:
+                raise ValueError(f"vlb: gamma gave {g.numel()} values for {levels.numel()} levels.")
+            gap = torch.sqrt(bbar / alpha) - torch.sqrt((bbar_prev - beta_tilde).clamp(min=0.0))
+            var[variance] = beta_tilde + gap**2 * (1.0 - g).clamp(0.0, 1.0)
     coef = torch.sqrt(abar_prev) * beta / bbar  # mu~'s coefficient of x0 (Ho et al. eq. 7)
 
     x = x0.to(torch.float64)
     dim = x[0].numel()
     prior = 0.5 * _sum(bbar[-1] + abar[-1] * x**2 - 1.0 - torch.log(bbar[-1]))
-    kl, dec = torch.zeros_like(prior), torch.zeros_like(prior)
-    for k in tqdm(range(len(tau) - 1, -1, -1), desc="vlb terms", disable=None):
+    kl = {v: torch.zeros_like(prior) for v in variances}
+    dec = {v: torch.zeros_like(prior) for v in variances}
+    for k in tqdm(range(len(tau) - 1, -1, -1), desc="vlb terms", disable=None, leave=False):
         eps = noise.randn_like(x0).to(torch.float64)
         sigma = torch.full((x.shape[0],), float(levels[k]), dtype=x0.dtype, device=x0.device)
         x0_hat = denoiser((x + levels[k] * eps).to(x0.dtype), sigma, cond).to(torch.float64)
         err2 = _sum((x - x0_hat) ** 2)
-        if k > 0:  # KL(N(mu~, beta~ I) || N(mu_model, var I)); means differ by coef (x0 - x0_hat)
-            ratio = beta_tilde[k] / var[k]
-            kl = kl + 0.5 * (dim * (ratio - 1.0 - torch.log(ratio)) + coef[k] ** 2 * err2 / var[k])
-        elif decoder == "gaussian":
-            dec = 0.5 * (err2 / var[0] + dim * torch.log(2 * math.pi * var[0]))
-        else:
-            dec = -_sum(discretized_gaussian_log_prob(x, x0_hat, torch.sqrt(var[0])))
-    nll = prior + kl + dec
-    return {"nll": nll, "prior": prior, "kl": kl, "decoder": dec, "bpd": nll / (dim * _LN2)}
+        for v in variances:
+            if k > 0:  # KL(N(mu~, beta~ I) || N(mu_model, var I)); means differ by coef (x0 - x0_hat)
+                ratio = beta_tilde[k] / var[v][k]
+                kl[v] = kl[v] + 0.5 * (dim * (ratio - 1.0 - torch.log(ratio))
+                                       + coef[k] ** 2 * err2 / var[v][k])
+            elif decoder == "gaussian":
+                dec[v] = 0.5 * (err2 / var[v][0] + dim * torch.log(2 * math.pi * var[v][0]))
+            else:
+                dec[v] = -_sum(discretized_gaussian_log_prob(x, x0_hat, torch.sqrt(var[v][0])))
+    out = {}
+    for v in variances:
+        nll = prior + kl[v] + dec[v]
+        out[v] = {"nll": nll, "prior": prior, "kl": kl[v], "decoder": dec[v],
+                  "bpd": nll / (dim * _LN2)}
+    return out
+
+
+@torch.no_grad()
+def gamma_from_data(denoiser: Denoiser, levels: Tensor, x0: Tensor, *, seed: int,
+                    cond: Any = None, batch_size: int = 256) -> Tensor:
+    """Analytic-DPM's ``G(s) = E ||eps_hat(x0 + s eps, s)||^2 / d`` (Bao et al. 2022, eq. 8:
+    ``bbar_n Gamma_n``) at each level, by Monte Carlo over the data samples ``x0`` (``[M,
+    *shape]``, each with its row of the ``Cond`` if given) and one ``eps`` per sample drawn from a
+    generator seeded ``seed`` and shared by every level; float64 ``[L]``."""
+    levels = torch.as_tensor(levels, dtype=torch.float64).reshape(-1).cpu()
+    gen = torch.Generator().manual_seed(int(seed))
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0.device)
+    x0d, m, dim = x0.to(torch.float64), x0.shape[0], x0[0].numel()
+    out = torch.zeros(len(levels), dtype=torch.float64)
+    for j, s in enumerate(tqdm(levels.tolist(), desc="analytic gamma", disable=None, leave=False)):
+        total = 0.0
+        for a in range(0, m, batch_size):
+            b = slice(a, min(a + batch_size, m))
+            x = (x0d[b] + s * eps[b]).to(x0.dtype)
+            sig = torch.full((x.shape[0],), s, dtype=x0.dtype, device=x0.device)
+            c = None if cond is None else Cond(cond.rows[b], None if cond.null is None
+                                               else cond.null[b])
+            e = (x.to(torch.float64) - denoiser(x, sig, c).to(torch.float64)) / s
+            total += float((e * e).sum())
+        out[j] = total / (m * dim)
+    return out
 
 
 # -------------------------------------------------------------------- probability-flow ODE
