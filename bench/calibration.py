@@ -32,10 +32,15 @@ exactly for a discrete N-step schedule (t_n = n / N). A suite's model entry turn
 settings and the data's content hash. The model passes of the estimate are not counted as
 sampling NFE (``LoadedModel.load`` runs them before any sampler sees the model).
 
+Class-conditional models get one term per class, ``m(s, c) = E_q(x_t | c)[eps_theta(x_t, t,
+c)]`` (zero for the optimal predictor of each class, by the same argument), estimated from the
+data samples of class c (about ``samples / C`` of them, the labels of the seeded subset) with
+noise seeded from (seed, c); the calibrated model subtracts each row's own class term.
+
 Not supported yet (refused with an explanation by :func:`check_settings`): latent models (the
-data would have to go through the VAE encoder), conditional models and classifier-free guidance
-(the calibration term is per condition, ``E_q(x_t | c)[eps_theta(x_t, t, c)]``), consistency
-models (their output is not a denoiser's).
+data would have to go through the VAE encoder), text-conditional models and classifier-free
+guidance (the term would be per prompt and per branch), consistency models (their output is not
+a denoiser's).
 """
 
 from __future__ import annotations
@@ -129,12 +134,12 @@ def _check_model(adapter: Any) -> None:
         raise FieldError("", f"model {what} is a latent model: calibration of latent models is "
                          f"not supported yet (the data would have to be encoded by its VAE).",
                          "remove 'calibrate:' from this model, or calibrate a pixel-space model.")
-    if getattr(adapter, "conditioning", None) is not None:
+    if getattr(adapter, "conditioning", None) not in (None, "classes"):
         raise FieldError("", f"model {what} is conditional ({adapter.conditioning}): calibration "
-                         f"of conditional models is not supported yet (the calibration term is "
-                         f"per condition, E over x_t of class c of eps(x_t, t, c)).",
-                         "remove 'calibrate:' from this model, or calibrate an unconditional "
-                         "model (e.g. fmnist-v, gmm).")
+                         f"of text-conditional models is not supported yet (the calibration "
+                         f"term is per prompt, E over x_t of prompt c of eps(x_t, t, c)).",
+                         "remove 'calibrate:' from this model, or calibrate an unconditional or "
+                         "class-conditional model (e.g. fmnist-v, fmnist-cond, gmm).")
     if getattr(adapter, "guidance", None) is not None:
         raise FieldError("", f"model {what} uses classifier-free guidance: calibrating a guided "
                          f"model is not supported yet (each branch needs its own term).",
@@ -183,6 +188,10 @@ def _check_data(data: Any, adapter: Any, samples: int, base: Path | None) -> str
     if samples > len(ds):
         raise FieldError("samples", f"is {samples}, but data {data!r} has only {len(ds)} images.",
                          f"use samples <= {len(ds)}, or more data.")
+    if getattr(adapter, "conditioning", None) == "classes" and getattr(ds, "labels", None) is None:
+        raise FieldError("data", f"{data!r} has no class labels, but model {adapter.label()} is "
+                         f"class-conditional (its calibration term is per class).",
+                         "give labelled data (a registered data set such as fmnist-train).")
     shape = tuple(ds.images(0, 1).shape[1:])
     want = tuple(adapter.sample_shape())
     if shape != want:
@@ -254,7 +263,7 @@ def estimate_eps_mean(denoiser: Any, levels: Tensor, data: Tensor | Iterable[Ten
     float64 (see the module doc). ``data`` is a ``[N, *shape]`` tensor in the model's sample
     space or an iterable of such batches (read once); the denoiser is evaluated on at most
     ``batch_size`` rows at a time, in ``dtype`` (default: the data's floating dtype), on the
-    data's device.
+    data's device, with ``cond`` (or ``cond(rows)``, a callable giving a chunk's conditioning).
 
     ``estimator``: ``plain`` is the sample mean of ``eps_hat`` (the paper's Monte Carlo
     estimate); ``control_variate`` (default) subtracts ``c * mean(eps)``, whose expectation is
@@ -296,7 +305,8 @@ def estimate_eps_mean(denoiser: Any, levels: Tensor, data: Tensor | Iterable[Ten
             for j, s in enumerate(levels.tolist()):
                 x = (x0d + s * z).to(in_dtype)
                 sig = torch.full((b,), s, dtype=in_dtype, device=x.device)
-                e = (x.to(torch.float64) - denoiser(x, sig, cond).to(torch.float64)) / s
+                c = cond(b) if callable(cond) else cond
+                e = (x.to(torch.float64) - denoiser(x, sig, c).to(torch.float64)) / s
                 sums["e"][j] += e.sum(0)
                 sums["ee"][j] += (e * e).sum(0)
                 sums["ez"][j] += (e * z).sum(0)
@@ -325,30 +335,42 @@ class CalibratedDenoiser:
     """``D_cal(x; s) = D(x; s) + s m(s)``: ``eps_cal = eps_hat - m(s)`` (see the module doc).
 
     ``levels`` ``[L]`` (> 0) and ``means`` ``[L, *shape]``; ``m`` is linear in ``log s`` between
-    levels and constant beyond the ends (at ``s = 0`` the correction ``s m`` vanishes). Same
-    call signature and ``schedule`` as the inner denoiser; other attributes (``network_calls``,
-    ``sample_data``, ``parameterisation``) are the inner one's. ``tag`` names the calibration
-    in ``cache_key`` (precomputations cached per model, e.g. Analytic-DPM's Gamma, then do not
-    mix calibrated and plain models).
+    levels and constant beyond the ends (at ``s = 0`` the correction ``s m`` vanishes). A
+    class-conditional model has one term per class: ``classes`` ``[C]`` (the labels, ascending)
+    and ``means`` ``[C, L, *shape]``; each row then takes its class's term, from the ``Cond``
+    rows (class labels) it is called with. Same call signature and ``schedule`` as the inner
+    denoiser; other attributes (``network_calls``, ``sample_data``, ``parameterisation``) are
+    the inner one's. ``tag`` names the calibration in ``cache_key`` (precomputations cached per
+    model, e.g. Analytic-DPM's Gamma, then do not mix calibrated and plain models).
     """
 
-    def __init__(self, inner: Any, levels: Tensor, means: Tensor, *, tag: str = "") -> None:
+    def __init__(self, inner: Any, levels: Tensor, means: Tensor, *, tag: str = "",
+                 classes: Tensor | None = None) -> None:
         levels = torch.as_tensor(levels, dtype=torch.float64).reshape(-1).cpu()
         means = torch.as_tensor(means, dtype=torch.float64).cpu()
-        if not len(levels) or means.shape[:1] != levels.shape:
+        if classes is not None:
+            classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1).cpu()
+            if not len(classes) or bool((classes[1:] <= classes[:-1]).any()) or \
+                    means.shape[:1] != classes.shape:
+                raise ValueError(f"CalibratedDenoiser: classes {classes.tolist()} must ascend and "
+                                 f"match the means' first dimension {tuple(means.shape)}")
+        per_class = means if classes is not None else means[None]
+        if not len(levels) or per_class.shape[1:2] != levels.shape:
             raise ValueError(f"CalibratedDenoiser: {len(levels)} levels but means of shape "
-                             f"{tuple(means.shape)} (want [L, *sample_shape])")
+                             f"{tuple(means.shape)} (want [L, *sample_shape], or [C, L, "
+                             f"*sample_shape] with classes)")
         if not bool(torch.isfinite(levels).all()) or bool((levels <= 0).any()) or \
                 bool((levels[1:] <= levels[:-1]).any()):
             raise ValueError("CalibratedDenoiser: levels must be finite, > 0 and increasing")
         if not bool(torch.isfinite(means).all()):
             raise ValueError("CalibratedDenoiser: the means are not all finite")
         self.inner, self.schedule = inner, inner.schedule
-        self.levels, self.means, self.tag = levels, means, str(tag)
+        self.levels, self.means, self.tag, self.classes = levels, means, str(tag), classes
+        self._per_class = per_class
         self._on: dict[str, tuple[Tensor, Tensor]] = {}
 
     def __getattr__(self, name: str) -> Any:  # network_calls, sample_data, ... of the inner one
-        if name in ("inner", "_on", "levels", "means", "tag"):
+        if name in ("inner", "_on", "levels", "means", "tag", "classes", "_per_class"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -356,27 +378,45 @@ class CalibratedDenoiser:
     def cache_key(self) -> str:
         return f"{getattr(self.inner, 'cache_key', id(self.inner))}|calibrated:{self.tag}"
 
-    def offset(self, sigma: Tensor) -> Tensor:
-        """``m(s)`` per row: ``[B, *shape]`` float64 on ``sigma``'s device."""
+    def _class_index(self, cond: Any, n: int, device: torch.device) -> Tensor:
+        """Each row's index into ``classes`` (zeros for an unconditional model)."""
+        if self.classes is None:
+            return torch.zeros(n, dtype=torch.long, device=device)
+        rows = getattr(cond, "rows", None)
+        if rows is None or rows.ndim != 1 or rows.dtype != torch.long or len(rows) != n:
+            raise ValueError("CalibratedDenoiser: this calibration is per class; call the model "
+                             "with a Cond of class labels, one per row (an unconditional call "
+                             "has no class term).")
+        classes = self.classes.to(rows.device)
+        at = torch.searchsorted(classes, rows.contiguous()).clamp(max=len(classes) - 1)
+        if not bool((classes[at] == rows).all()):
+            raise ValueError(f"CalibratedDenoiser: labels {sorted(set(rows.tolist()))} include "
+                             f"classes without a term (calibrated on {self.classes.tolist()}).")
+        return at.to(device)
+
+    def offset(self, sigma: Tensor, cond: Any = None) -> Tensor:
+        """``m(s)`` (of each row's class) per row: ``[B, *shape]`` float64 on ``sigma``'s
+        device."""
         dev = sigma.device
         if str(dev) not in self._on:
-            self._on[str(dev)] = (self.levels.log().to(dev), self.means.to(dev))
+            self._on[str(dev)] = (self.levels.log().to(dev), self._per_class.to(dev))
         log_levels, means = self._on[str(dev)]
         s = sigma.to(torch.float64).reshape(-1)
+        c = self._class_index(cond, len(s), dev)
         ls = torch.log(s.clamp(min=float(self.levels[0]), max=float(self.levels[-1])))
         if len(log_levels) == 1:
-            return means[0].expand(len(s), *means.shape[1:])
+            return means[c, 0]
         hi = torch.searchsorted(log_levels, ls).clamp(1, len(log_levels) - 1)
         lo = hi - 1
         w = ((ls - log_levels[lo]) / (log_levels[hi] - log_levels[lo])).clamp(0.0, 1.0)
-        w = w.view(-1, *([1] * (means.ndim - 1)))
-        return means[lo] * (1.0 - w) + means[hi] * w
+        w = w.view(-1, *([1] * (means.ndim - 2)))
+        return means[c, lo] * (1.0 - w) + means[c, hi] * w
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor:
         d = self.inner(x, sigma, cond)
         n = x.shape[0]
         s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(n)
-        shift = s.view(-1, *([1] * (x.ndim - 1))) * self.offset(s).reshape(x.shape)
+        shift = s.view(-1, *([1] * (x.ndim - 1))) * self.offset(s, cond).reshape(x.shape)
         return (d.to(torch.float64) + shift).to(d.dtype)
 
 
@@ -405,6 +445,19 @@ def derived_seed(seed: int, what: str) -> int:
     return int.from_bytes(h[:8], "big") >> 1
 
 
+def subset_indices(size: int, samples: int, seed: int) -> np.ndarray:
+    """The sorted indices of the seeded random subset of ``samples`` of ``size`` data items."""
+    return np.sort(np.random.default_rng(derived_seed(seed, "subset")).choice(size, samples,
+                                                                              replace=False))
+
+
+def subset_labels(data: str, samples: int, seed: int) -> np.ndarray | None:
+    """The labels of ``load_data``'s subset of data set ``data`` (None: it has no labels)."""
+    ds = _open(data)
+    labels = getattr(ds, "labels", None)
+    return None if labels is None else np.asarray(labels)[subset_indices(len(ds), samples, seed)]
+
+
 def load_data(adapter: Any, settings: dict[str, Any], device: torch.device | str = "cpu"
               ) -> tuple[Tensor, str]:
     """The ``samples`` data samples of ``settings['data']`` in the model's sample space (float,
@@ -422,8 +475,7 @@ def load_data(adapter: Any, settings: dict[str, Any], device: torch.device | str
     if n > len(ds):
         raise BenchError(f"calibrate: samples = {n}, but data {data!r} has only {len(ds)} images; "
                          f"use samples <= {len(ds)}.")
-    idx = np.sort(np.random.default_rng(derived_seed(seed, "subset")).choice(len(ds), n,
-                                                                              replace=False))
+    idx = subset_indices(len(ds), n, seed)
     images = np.concatenate([ds.images(int(i), int(i) + 1) for i in idx])
     h = hashlib.sha256(f"{images.dtype.str}:{images.shape}".encode())
     h.update(np.ascontiguousarray(images).tobytes())
@@ -451,8 +503,15 @@ def apply(adapter: Any, denoiser: Any, settings: dict[str, Any], device: torch.d
     settings = {k: {**DEFAULTS, **settings}[k] for k in SETTINGS}  # as check_settings gives
     levels = calibration_levels(adapter.schedule, settings["points"])
     x0, data_hash = load_data(adapter, settings, device)
+    labels = None
+    if getattr(adapter, "conditioning", None) == "classes":
+        labels = subset_labels(settings["data"], settings["samples"], settings["seed"])
+        if labels is None:
+            raise BenchError(f"calibrate: data {settings['data']!r} has no class labels; a "
+                             f"class-conditional model is calibrated per class.")
+    classes = None if labels is None else torch.from_numpy(np.unique(labels)).long()
     key = cache_key(adapter, settings, data_hash)
-    shape = (len(levels), *adapter.sample_shape())
+    shape = (*(() if classes is None else (len(classes),)), len(levels), *adapter.sample_shape())
     path = None if cache_dir is None else Path(cache_dir) / "calibration" / f"{key}.npz"
 
     found: dict[str, np.ndarray] = {}
@@ -463,7 +522,9 @@ def apply(adapter: Any, denoiser: Any, settings: dict[str, Any], device: torch.d
         arrays = load_npz(p)
         levels_ok = arrays.get("levels", np.zeros(0)).shape == levels.shape and np.allclose(
             arrays["levels"], levels.numpy(), rtol=1e-12, atol=0.0)
-        if tuple(arrays.get("means", np.zeros(0)).shape) != shape or not levels_ok:
+        classes_ok = classes is None or np.array_equal(arrays.get("classes"), classes.numpy())
+        if tuple(arrays.get("means", np.zeros(0)).shape) != shape or not levels_ok or \
+                not classes_ok:
             raise CorruptFile(p, f"it does not hold the means of this calibration (levels "
                               f"[{len(levels)}], means {list(shape)})")
         found.update(arrays)
@@ -472,16 +533,38 @@ def apply(adapter: Any, denoiser: Any, settings: dict[str, Any], device: torch.d
     if path is not None and checked(path, Path(cache_dir).parent, read):  # type: ignore[arg-type]
         means = torch.from_numpy(found["means"])
     else:
-        means, std = estimate_eps_mean(denoiser, levels, x0, seed=settings["seed"],
-                                       dtype=adapter.dtype, estimator=settings["estimator"],
-                                       return_std=True,
-                                       desc=f"calibration ({settings['data']})")
+        est = {"dtype": adapter.dtype, "estimator": settings["estimator"], "return_std": True}
+        if classes is None:
+            means, std = estimate_eps_mean(denoiser, levels, x0, seed=settings["seed"],
+                                           desc=f"calibration ({settings['data']})", **est)
+        else:  # one term per class, E over x_t of class c of eps(x_t, t, c)
+            parts = [_estimate_class(adapter, denoiser, levels, x0, labels, int(c), settings,
+                                     est) for c in classes.tolist()]
+            means, std = torch.stack([m for m, _ in parts]), torch.stack([d for _, d in parts])
         means = means.cpu()
         if path is not None:
+            extra = {} if classes is None else {"classes": classes.numpy()}
             save_npz(path, {"levels": levels.numpy(), "means": means.numpy(),
-                            "std": std.cpu().numpy(), "n": np.int64(x0.shape[0])})
+                            "std": std.cpu().numpy(), "n": np.int64(x0.shape[0]), **extra})
     info = {**settings, "key": key}
-    return CalibratedAdapter(adapter, info), CalibratedDenoiser(denoiser, levels, means, tag=key)
+    return CalibratedAdapter(adapter, info), CalibratedDenoiser(denoiser, levels, means, tag=key,
+                                                                classes=classes)
+
+
+def _estimate_class(adapter: Any, denoiser: Any, levels: Tensor, x0: Tensor, labels: np.ndarray,
+                    label: int, settings: dict[str, Any], est: dict[str, Any]
+                    ) -> tuple[Tensor, Tensor]:
+    """Class ``label``'s term from its data samples, its noise seeded from (seed, class)."""
+    from bench.conditions import Condition
+    from bench.denoiser import Cond
+
+    rows, _ = adapter.encode([Condition(id=f"class={label}", label=label)])
+    one = rows[:1].to(x0.device)
+    mask = torch.from_numpy(labels == label).to(x0.device)
+    return estimate_eps_mean(
+        denoiser, levels, x0[mask], seed=derived_seed(settings["seed"], f"class={label}"),
+        cond=lambda b: Cond(one.expand(b, *one.shape[1:])),
+        desc=f"calibration ({settings['data']}, class {label})", **est)
 
 
 __all__ = ["CalibratedAdapter", "CalibratedDenoiser", "apply", "calibration_levels",

@@ -396,5 +396,44 @@ def test_trained_model_calibrates_on_its_training_set(fmnist, tmp_path):
     assert loaded.denoiser.means.shape == (2, 1, 28, 28)
     assert bool(torch.isfinite(loaded.denoiser.means).all())
     assert loaded.adapter.describe()["calibration"]["data"] == "fmnist-train"
-    with pytest.raises(FieldError, match="conditional"):
-        check_settings(True, MODELS.get("fmnist-cond")())
+    with pytest.raises(FieldError, match="text-conditional"):
+        check_settings(True, MODELS.get("gmm-keyword")(keywords=["boot", "coat"], components=2))
+    with pytest.raises(FieldError, match="classifier-free guidance"):
+        check_settings(True, MODELS.get("fmnist-cond")(guidance={"scale": 2.0}))
+
+
+@pytest.mark.usefixtures("fmnist")
+def test_class_conditional_model_gets_one_term_per_class(tmp_path):
+    """fmnist-cond, 30 training images, plain estimator: one term per class present, and each
+    class's calibrated noise prediction averages to 0 over that class's data and draws (the
+    same ones: a term applied to the wrong class would leave its class's mean, ~1e-2)."""
+    from bench.conditions import Condition
+    from bench.denoiser import Cond
+    from bench.registry import MODELS, load_all
+
+    load_all()
+    adapter = MODELS.get("fmnist-cond")()
+    settings = check_settings({"samples": 30, "points": 2, "estimator": "plain"}, adapter)
+    loaded = LoadedModel.load({"name": "fmnist-cond", "params": {}, "calibrate": settings},
+                              torch.device("cpu"), tmp_path / "_cache")
+    den = loaded.denoiser
+    labels = calibration.subset_labels("fmnist-train", 30, settings["seed"])
+    assert den.classes.tolist() == sorted(set(labels.tolist()))
+    assert den.means.shape == (len(den.classes), 2, 1, 28, 28)
+    x0, _ = calibration.load_data(adapter, settings)
+    worst_plain, worst_cal = 0.0, 0.0
+    for c in den.classes.tolist()[:3]:
+        rows, _ = adapter.encode([Condition(id=f"class={c}", label=c)])
+        xs = x0[torch.from_numpy(labels == c)]
+
+        def cond(b, rows=rows):
+            return Cond(rows[:1].expand(b))
+        seed = calibration.derived_seed(settings["seed"], f"class={c}")
+        levels = den.levels
+        plain = estimate_eps_mean(den.inner, levels, xs, seed=seed, cond=cond, estimator="plain")
+        cal = estimate_eps_mean(den, levels, xs, seed=seed, cond=cond, estimator="plain")
+        worst_plain = max(worst_plain, float(plain.abs().max()))
+        worst_cal = max(worst_cal, float(cal.abs().max()))
+    assert worst_cal < 1e-5 < 1e-2 < worst_plain
+    with pytest.raises(ValueError, match="per class"):
+        den(x0[:2], torch.full((2,), 1.0), None)
