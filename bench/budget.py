@@ -168,15 +168,16 @@ def estimate(suite: Any, points: list[tuple[int, dict, dict, Any, list[tuple[int
     seen: set[tuple[int, int]] = set()
     for _, _, ev, ev_obj, pts in points:
         loop = ev_obj.shape == "loop"
+        counts = [ev_obj.sample_count(n) for n in suite.sample_counts]
         for nfe, _ in pts:
-            for n in suite.sample_counts:
+            for n in counts:
                 per = n if loop else (d["shard_size"] or n)
                 cells += 1
                 shards += -(-n // per)
                 samples += n
                 evaluations += nfe * n
-        for mi, (adapter, n) in enumerate(zip(suite.adapters, suite.sample_counts)):
-            if (mi, id(ev_obj)) in seen:
+        for mi, (adapter, n) in enumerate(zip(suite.adapters, counts)):
+            if not pts or (mi, id(ev_obj)) in seen:
                 continue
             seen.add((mi, id(ev_obj)))
             shard_n = n if loop else min(d["shard_size"] or n, n)

@@ -615,7 +615,11 @@ def validate(data: dict[str, Any], source: str) -> Suite:
     for i, s in zip(suite.sampler_origin, suite.samplers):
         s["grid"] = _grid(source, f"samplers[{i}].grid", s)
     suite.eval_objects = [_eval(source, i, e) for i, e in enumerate(suite.evals)]
-    sharded = any(ev.shape == "sharded" for ev in suite.eval_objects)
+    from bench.evals.base import Eval
+
+    # sharded evals that cross the suite's NFE list with the samplers (not their own points)
+    sharded = any(ev.shape == "sharded" and type(ev).points is Eval.points
+                  for ev in suite.eval_objects)
     if sharded and "nfe" not in d:
         raise SuiteError(source, "nfe", "is missing (required by the sharded evals).",
                          f"add 'nfe:' ({TOP_LEVEL['nfe']}).")
@@ -842,6 +846,11 @@ def plan_points(suite: Suite) -> Points:
                                          "change the NFE list or nfe_rounding.") from None
                     points.append((nfe, steps))
             out.append((si, smp, ev, ev_obj, points))
+    for i, ev_obj in enumerate(suite.eval_objects):
+        if not any(pts for _, _, _, e, pts in out if e is ev_obj):
+            raise SuiteError(suite.source, f"evals[{i}]", f"eval '{suite.evals[i]['name']}' has "
+                             f"no cells: {ev_obj.no_points()}.",
+                             "add the sampler it needs, or drop the eval.")
     return out
 
 
@@ -914,8 +923,9 @@ def plan(suite: Suite) -> list[Shard]:
                                    calibrated="calibrate" in m)
                  for m in suite.models]
         for nfe, steps in points_:
-            for model, mhash, code, conds, n in zip(suite.models, hashes, codes, suite.conditions,
-                                                    suite.sample_counts):
+            for model, mhash, code, conds, n_suite in zip(suite.models, hashes, codes,
+                                                          suite.conditions, suite.sample_counts):
+                n = ev_obj.sample_count(n_suite)
                 compute = {"model": {k: model[k] for k in ("name", "params", "calibrate")
                                      if k in model}, "model_hash": mhash,
                            "sampler": {k: smp[k] for k in ("name", "params", "grid")},

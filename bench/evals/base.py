@@ -72,6 +72,14 @@ class Eval(ABC):
         """The (nfe, steps) of this eval's cells for ``sampler``; None: the suite's NFE list."""
         return None
 
+    def no_points(self) -> str:
+        """Why ``points`` gave no cell for any of the suite's samplers (a plan error)."""
+        return "it has no (NFE, steps) point for any of the suite's samplers"
+
+    def sample_count(self, n: int) -> int:
+        """The samples of this eval's cells, given the suite's (or conditions') count ``n``."""
+        return n
+
     def probe_steps(self, sampler: dict[str, Any]) -> list[tuple[int, int]]:
         """Further (nfe, steps) a loop eval may run at inside its cells (checked by the dry run)."""
         return []
