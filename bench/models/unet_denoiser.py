@@ -97,8 +97,10 @@ class UNetDenoiser:
             x0 = out
         return x0.to(x.dtype)
 
-    @torch.no_grad()
     def _net(self, xt: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+        """The network's output in batches of ``block``. Differentiable in ``xt`` (the weights
+        are frozen by the adapter, so nothing is recorded unless ``xt`` requires grad): the
+        ODE likelihood's divergence takes vector-Jacobian products through it."""
         n = xt.shape[0]
         block = self.block or n
         outs = []
