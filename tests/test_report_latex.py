@@ -78,6 +78,7 @@ def test_escaping_and_non_ascii():
     assert escape("10–20 — ± ∓ é ü σ … ×") == (
         r"10--20 --- $\pm$ $\mp$ \'{e} \"{u} $\sigma$ \ldots{} $\times$")
     assert escape("--ci") == "-{}-ci"  # no en dash ligature from two hyphens
+    assert escape("β̃ − β") == r"$\tilde{\beta}$ $-$ $\beta$"  # a combining accent on math
     assert escape("☃").isascii()
     assert inline("use `var_min` here") == r"use \texttt{var\_min} here"
     assert inline("odd ` tick") == r"odd \textasciigrave{} tick"
@@ -94,7 +95,7 @@ def test_awkward_document_compiles(tmp_path):
                   ["row ~ 2"] + ["–"] * 8], caption="a wide table: 8 value columns ± 5 %",
                  higher_is_better=False, key="wide")
     doc = Document("Tricky: 100% & $5 #1 {x} ~ ^ \\ é — ±", {"hash": "a" * 64, "note": "x_y"}, [
-        Heading("g — rmse"), Text("Model `gmm` {\"cov\": \"full\"}; 10–20 (NFE ≥ 3); σ ≈ 0.1 — ok"),
+        Heading("g — rmse"), Text("Model `gmm` {\"cov\": \"full\"}; 10–20 (NFE ≥ 3); σ ≈ 0.1; β̃ — ok"),
         mark_best(wide), Table(["a", "b"], [["1", "2"]], key="wide"), Heading("level 3", 3),
         Figure(tmp_path / "fig_a.png", "a figure: `fig_a.png`, 50% wider")])
     (tmp_path / "tricky.tex").write_text(render_latex(doc, "pm"))

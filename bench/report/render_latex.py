@@ -43,6 +43,9 @@ _UNICODE = {
 _ACCENTS = {"\u0300": "`", "\u0301": "'", "\u0302": "^", "\u0303": "~", "\u0308": '"',
             "\u0304": "=", "\u0307": ".", "\u030a": "r", "\u0306": "u", "\u030c": "v",
             "\u030b": "H", "\u0327": "c", "\u0328": "k"}
+#: combining accents on a math letter (a Greek letter written $\beta$) -> the math accent
+_MATH_ACCENTS = {"\u0303": "tilde", "\u0302": "hat", "\u0304": "bar", "\u0307": "dot",
+                 "\u0308": "ddot"}
 _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
           "lamda", "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi",
           "omega"}
@@ -87,6 +90,9 @@ def escape(s: str) -> str:
             piece = _SPECIALS[ch]
         elif ch.isascii():
             piece = ch if ch.isprintable() else " "
+        elif ch in _MATH_ACCENTS and out and re.fullmatch(r"\$\\[A-Za-z]+\$", out[-1]):
+            out[-1] = f"$\\{_MATH_ACCENTS[ch]}{{{out[-1][1:-1]}}}$"  # β̃ -> $\tilde{\beta}$
+            continue
         else:
             piece = _unicode(ch)
         if piece.startswith("-") and out and out[-1].endswith("-"):
