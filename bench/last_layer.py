@@ -20,9 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-DEFAULTS: dict[str, Any] = {"sigma_noise": 1.0, "prior_precision": 1.0, "temperature": 1.0}
-
-
 @dataclass
 class ConvPosterior:
     """Diagonal Gaussian posterior of a ``Conv2d``: its MAP layer and parameter variances."""
@@ -33,13 +30,16 @@ class ConvPosterior:
 
     def moments(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, variance) of the layer's output for input ``features``, elementwise."""
+        return self.layer(features), self.variance(features)
+
+    def variance(self, features: Tensor) -> Tensor:
+        """The output's elementwise variance for input ``features``."""
         layer = self.layer
-        mean = layer(features)
         var = nn.functional.conv2d(features * features, self.weight_var.to(features), None,
                                    layer.stride, layer.padding, layer.dilation, layer.groups)
         if self.bias_var is not None:
             var = var + self.bias_var.to(features).view(1, -1, 1, 1)
-        return mean, var
+        return var
 
 
 def fit_conv_laplace(layer: nn.Conv2d, features: Tensor, targets: Tensor, *,
@@ -79,7 +79,7 @@ def fit_conv_laplace(layer: nn.Conv2d, features: Tensor, targets: Tensor, *,
     return ConvPosterior(conv.eval(), weight_var, bias_var)
 
 
-__all__ = ["ConvPosterior", "DEFAULTS", "fit_conv_laplace"]
+__all__ = ["ConvPosterior", "fit_conv_laplace"]
 
 
 # ------------------------------------------------------------------- diffusers UNet models
@@ -168,8 +168,7 @@ class LaplaceEps:
         f, x0 = _features(self.unet, lambda: self.denoiser(x, sigma, cond))
         shape = (n,) + (1,) * (x.ndim - 1)
         mean = (x.to(torch.float64) - x0.to(torch.float64)) / s.view(shape)
-        _, var = self.posterior.moments(f.to(torch.float32))
-        var = var.to(torch.float64)
+        var = self.posterior.variance(f.to(torch.float32)).to(torch.float64)
         if self.denoiser.prediction_type == "v_prediction":
             var = var / (1.0 + s * s).view(shape)  # alpha^2 = 1 / (1 + s^2)
         return mean.to(x.dtype), var.to(x.dtype)
