@@ -98,6 +98,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                   f"{c['samples'] * c['points']:,} model evaluations, not counted as NFE, cached "
                   f"in {args.results}/_cache/calibration (jobs that load the model before the "
                   f"file exists each compute it)")
+        if "laplace" in m:  # bench.bayesian_model: fitted once per model, uncounted, cached
+            c = m["laplace"]
+            print(f"last-layer Laplace of {m['label']}: fitted on {c['samples']} images of "
+                  f"{c['data']} (seed {c['seed']}), one network pass each, not counted as NFE, "
+                  f"cached in {args.results}/_cache/laplace")
     for note in rounding_notes(suite, shards):
         print(f"note: {note}")
     return 0

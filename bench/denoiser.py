@@ -77,6 +77,15 @@ class CountingDenoiser:
         return self.nfe if calls is None else calls - (self._calls0 or 0)
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any | None = None) -> Tensor:
+        return self._counted(self.inner, x, sigma, cond)
+
+    def eps_moments(self, x: Tensor, sigma: Tensor, cond: Any | None = None
+                    ) -> tuple[Tensor, Tensor]:
+        """A Bayesian model's noise mean and variance (``bench.bayesian_model``), counted as
+        one evaluation: BayesDiff's samplers step their trajectory with it."""
+        return self._counted(self.inner.eps_moments, x, sigma, cond)
+
+    def _counted(self, fn: Any, x: Tensor, sigma: Tensor, cond: Any) -> Any:
         sync = x.device.type == "cuda"
         if sync:
             torch.cuda.synchronize(x.device)
@@ -84,7 +93,7 @@ class CountingDenoiser:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        out = self.inner(x, sigma, cond)
+        out = fn(x, sigma, cond)
         if sync:
             torch.cuda.synchronize(x.device)
         self.model_s += time.perf_counter() - t0

@@ -28,7 +28,7 @@ from bench.registry import EVALS
 from bench.samplers.schedules import make_grid  # noqa: F401  (keeps grids registered)
 from bench.integrity import CorruptFile, quarantine
 from bench.store import SAMPLE_COLUMNS, ResultStore, holder_alive, pid_alive
-from bench.suite import Shard, Suite, code_hash, plan
+from bench.suite import MODEL_TRANSFORMS, Shard, Suite, code_hash, plan
 from bench.worker import ShardRunner
 
 EXECUTORS = ("debug", "local", "slurm")
@@ -400,8 +400,8 @@ def finalize(suite: Suite, shards: list[Shard], store: ResultStore, run_id: str,
         base = {
             "run_id": run_id, "suite": suite.name, "model": c0.model["label"],
             "model_name": c0.model["name"],
-            "model_params": json.dumps({**c0.model["params"], **({"calibrate": c0.model["calibrate"]}
-                                        if c0.model.get("calibrate") else {})}, sort_keys=True),
+            "model_params": json.dumps({**c0.model["params"], **{t: c0.model[t] for t in
+                                        MODEL_TRANSFORMS if c0.model.get(t)}}, sort_keys=True),
             "model_hash": c0.model_hash,
             "sampler": c0.sampler["label"], "sampler_name": c0.sampler["name"],
             "sampler_params": json.dumps(c0.sampler["params"], sort_keys=True),

@@ -56,17 +56,20 @@ class LoadedModel:
     @classmethod
     def load(cls, spec: dict[str, Any], device: torch.device,
              cache_dir: str | Path | None = None) -> "LoadedModel":
-        """The model of a suite's model entry ``{name, params[, calibrate]}`` on ``device``.
-        ``calibrate`` (settings checked by ``bench.calibration.check_settings``) wraps it in the
-        calibrated model, its estimate cached under ``cache_dir`` (none: computed in memory)."""
+        """The model of a suite's model entry ``{name, params[, calibrate | laplace]}`` on
+        ``device``. ``calibrate`` (``bench.calibration``) wraps it in the calibrated model,
+        ``laplace`` (``bench.bayesian_model``) in the model with a last-layer posterior; their
+        estimates are cached under ``cache_dir`` (none: computed in memory)."""
         adapter = MODELS.get(spec["name"])(**spec.get("params", {}))
         denoiser = adapter.load(device)
-        if spec.get("calibrate"):
-            # imported by name at run time: bench.calibration's code version is part of the
-            # keys of calibrated cells only (bench.suite.cell_code_version), not of every cell
-            calibration = importlib.import_module("bench.calibration")
-            adapter, denoiser = calibration.apply(adapter, denoiser, spec["calibrate"], device,
-                                                  None if cache_dir is None else Path(cache_dir))
+        # imported by name at run time: a transform's code version is part of the keys of the
+        # cells of its models only (bench.suite.cell_code_version), not of every cell
+        for field_, module in (("calibrate", "bench.calibration"),
+                               ("laplace", "bench.bayesian_model")):
+            if spec.get(field_):
+                adapter, denoiser = importlib.import_module(module).apply(
+                    adapter, denoiser, spec[field_], device,
+                    None if cache_dir is None else Path(cache_dir))
         return cls(adapter, denoiser, device)
 
     @property

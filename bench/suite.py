@@ -39,7 +39,7 @@ TOP_LEVEL = {
     "device": "cpu | cuda | auto",
     "nfe": "list of requested numbers of function evaluations",
     "nfe_rounding": "error | down | up: what to do with an NFE a sampler cannot hit exactly",
-    "models": "list of model names or {name, label, params, calibrate}",
+    "models": "list of model names or {name, label, params, calibrate, laplace}",
     "samplers": "list of sampler names or {name, label, params, grid}",
     "evals": "list of eval names or {name, params}",
     "conditions": "{classes: balanced|N|[..]} or {prompts: [..]|FILE, images_per_prompt, "
@@ -48,6 +48,9 @@ TOP_LEVEL = {
     "report": "{fit_min_nfe: N, galleries: [PATTERN, ...]} options for bench report",
 }
 REQUIRED = ("name", "models", "samplers", "evals")
+#: a model entry's transforms: field -> (the module that checks and applies it, label suffix)
+MODEL_TRANSFORMS: dict[str, tuple[str, str]] = {"calibrate": ("bench.calibration", "calibrated"),
+                                                "laplace": ("bench.bayesian_model", "laplace")}
 DEFAULTS: dict[str, Any] = {"seed": 0, "samples": 64, "batch_size": 64, "shard_size": None,
                             "device": "auto", "nfe_rounding": "error", "executor": {},
                             "report": {}, "description": "", "conditions": None}
@@ -541,8 +544,8 @@ def _entries(src: str, field_: str, items: Any, reg: Registry, extra: tuple[str,
         else:
             variants, axes = _expand(src, f"{where}.params", item.get("params"), entry, what,
                                MAX_SWEEP_ENTRIES - len(out))
-        label = str(item.get("label") or (f"{name}-calibrated" if item.get("calibrate") not in
-                                          (None, False) else name))  # apart from the plain model
+        on = [t for t in MODEL_TRANSFORMS if item.get(t) not in (None, False)]
+        label = str(item.get("label") or "-".join([name] + [MODEL_TRANSFORMS[t][1] for t in on]))
         for raw, swept in variants:
             params = _check_params(src, f"{where}.params", raw, entry.params(), what)
             shown = f"{label}[{','.join(f'{p}={_show(v)}' for p, v in swept)}]" if swept else label
@@ -607,8 +610,8 @@ def validate(data: dict[str, Any], source: str) -> Suite:
                              "galleries (the cells whose sample galleries the report shows).")
         _check_int(source, "report.fit_min_nfe", v, 0)
     suite = Suite(name, source, d)
-    suite.models = _entries(source, "models", d["models"], MODELS, ("calibrate",), suite.sweeps,
-                            suite.model_origin)
+    suite.models = _entries(source, "models", d["models"], MODELS, tuple(MODEL_TRANSFORMS),
+                            suite.sweeps, suite.model_origin)
     suite.samplers = _entries(source, "samplers", d["samplers"], SAMPLERS, ("grid",),
                               suite.sweeps, suite.sampler_origin)
     suite.evals = _entries(source, "evals", d["evals"], EVALS, ())
@@ -651,7 +654,7 @@ def validate(data: dict[str, Any], source: str) -> Suite:
             entry = f"swept entry '{m['label']}': " if f"models[{i}]" in swept else ""
             raise SuiteError(source, f"models[{i}].params", f"{entry}{exc}",
                              "fix the model's parameters (see 'bench list models').") from None
-        _calibration(source, i, m, adapter, base)
+        _transforms(source, i, m, adapter, base)
         try:
             conds = resolve_conditions(block, adapter, base)
         except BenchError as exc:
@@ -671,25 +674,32 @@ def validate(data: dict[str, Any], source: str) -> Suite:
     return suite
 
 
-def _calibration(src: str, i: int, model: dict[str, Any], adapter: Any, base: Path) -> None:
-    """Check a model entry's ``calibrate:`` against its adapter (``bench.calibration``) and
-    store its complete settings (or drop the field when calibration is off)."""
-    if "calibrate" not in model:
-        return
-    from bench.calibration import FIELDS, check_settings
+def _transforms(src: str, i: int, model: dict[str, Any], adapter: Any, base: Path) -> None:
+    """Check a model entry's transforms (``calibrate:``, ``laplace:``; MODEL_TRANSFORMS) against
+    its adapter and store their complete settings (or drop a field that is off)."""
+    import importlib
 
-    try:
-        settings = check_settings(model["calibrate"], adapter, base)
-    except FieldError as exc:
-        where = f"models[{i}].calibrate" + (f".{exc.field}" if exc.field else "")
-        raise SuiteError(src, where, exc.problem, exc.fix) from None
-    except BenchError as exc:
-        raise SuiteError(src, f"models[{i}].calibrate", str(exc),
-                         f"fix the calibration settings ({', '.join(FIELDS)}).") from None
-    if settings is None:
-        del model["calibrate"]
-    else:
-        model["calibrate"] = settings
+    for field_, (module, _) in MODEL_TRANSFORMS.items():
+        if field_ not in model:
+            continue
+        mod = importlib.import_module(module)
+        try:
+            settings = mod.check_settings(model[field_], adapter, base)
+        except FieldError as exc:
+            where = f"models[{i}].{field_}" + (f".{exc.field}" if exc.field else "")
+            raise SuiteError(src, where, exc.problem, exc.fix) from None
+        except BenchError as exc:
+            raise SuiteError(src, f"models[{i}].{field_}", str(exc),
+                             f"fix the settings ({', '.join(mod.FIELDS)}).") from None
+        if settings is None:
+            del model[field_]
+        else:
+            model[field_] = settings
+    on = [t for t in MODEL_TRANSFORMS if t in model]
+    if len(on) > 1:
+        raise SuiteError(src, f"models[{i}]", f"has both {' and '.join(on)}: a calibrated model "
+                         f"has no last-layer posterior of its own.",
+                         "use one of them per model entry (two entries, each with a label).")
 
 
 def _eval(src: str, i: int, ev: dict[str, Any]) -> Any:
@@ -755,9 +765,10 @@ def content_hash(obj: Any) -> str:
 
 
 def cell_code_version(model: str, sampler: str, grid: str, eval_: Any, eval_name: str,
-                      calibrated: bool = False) -> dict[str, str]:
+                      calibrated: bool = False, laplace: bool = False) -> dict[str, str]:
     """Code version of each registry entry a cell uses (``bench.versions``), and of the loop
-    (and of ``bench.calibration`` for a calibrated model)."""
+    (and of the model transform's module: ``bench.calibration`` for a calibrated model,
+    ``bench.bayesian_model`` for one with a last-layer posterior)."""
     from bench.registry import METRICS
     from bench.versions import GENERATE_MODULES, entry_version, modules_version
 
@@ -765,7 +776,9 @@ def cell_code_version(model: str, sampler: str, grid: str, eval_: Any, eval_name
            "sampler": entry_version(SAMPLERS.entry(sampler)), "grid": entry_version(GRIDS.entry(grid)),
            "eval": entry_version(EVALS.entry(eval_name))}
     if calibrated:
-        out["calibration"] = modules_version(("bench.calibration",))
+        out["calibration"] = modules_version((MODEL_TRANSFORMS["calibrate"][0],))
+    if laplace:
+        out["laplace"] = modules_version((MODEL_TRANSFORMS["laplace"][0],))
     from bench.registry import FEATURES
 
     for m, params in eval_.metric_specs():
@@ -920,13 +933,13 @@ def plan(suite: Suite) -> list[Shard]:
     hashes = [model_hash(a) for a in suite.adapters]  # once per model, not per cell
     for _, smp, ev, ev_obj, points_ in points:
         codes = [cell_code_version(m["name"], smp["name"], smp["grid"]["name"], ev_obj, ev["name"],
-                                   calibrated="calibrate" in m)
+                                   calibrated="calibrate" in m, laplace="laplace" in m)
                  for m in suite.models]
         for nfe, steps in points_:
             for model, mhash, code, conds, n_suite in zip(suite.models, hashes, codes,
                                                           suite.conditions, suite.sample_counts):
                 n = ev_obj.sample_count(n_suite)
-                compute = {"model": {k: model[k] for k in ("name", "params", "calibrate")
+                compute = {"model": {k: model[k] for k in ("name", "params", *MODEL_TRANSFORMS)
                                      if k in model}, "model_hash": mhash,
                            "sampler": {k: smp[k] for k in ("name", "params", "grid")},
                            "steps": steps, "eval": ev, "seed": d["seed"], "code": code,
