@@ -117,8 +117,8 @@ def _calibration_table(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     for name, g in models.groupby("model_name", sort=True):
         plain = [m for m, p in zip(g["model"], g["model_params"]) if not _calibrated(p)]
         cal = [m for m, p in zip(g["model"], g["model_params"]) if _calibrated(p)]
-        if len(plain) == 1 and len(cal) == 1:
-            pairs.append((plain[0], cal[0]))
+        if len(plain) == 1:  # each calibration of a model against the plain model
+            pairs.extend((plain[0], c) for c in cal)
     if not pairs:
         return []
     table = read_samples(ctx.results, ctx.suite)
