@@ -142,3 +142,43 @@ def test_samplers_refuse_a_model_without_a_posterior_and_bad_mc():
         with pytest.raises(ValueError, match=match):
             generate(lm, SamplerSpec("bayesdiff_dpm_solver_2", params, {"name": "logsnr"}, 2),
                      range(2), seed=0, conditions=_classes([0, 1]))
+
+
+def _run_suite(cli, write_suite, tmp_path, name: str, batch_size: int, shard_size: int):
+    suite = {
+        "name": "bd", "seed": 0, "samples": 12, "batch_size": batch_size,
+        "shard_size": shard_size, "nfe": [4], "device": "cpu",
+        "models": [{"name": "fmnist-cond", "laplace": FIT}],
+        "samplers": [{"name": "bayesdiff_ddim", "params": {"mc": 2, "every": 2}}],
+        "evals": [{"name": "fidelity", "params": {
+            "ref": "fmnist-test", "ref_limit": 60, "extractor": "test_proj",
+            "refstats_dir": str(tmp_path / "refs"),
+            "metrics": ["fid", {"name": "uncertainty_filter",
+                                "params": {"keep": 0.5, "draws": 5}}]}}],
+    }
+    results = tmp_path / name
+    code, out, err = cli("run", write_suite(suite, f"{name}.yaml"), "--results", results,
+                         "--executor", "debug")
+    assert code == 0, out + err
+    return results
+
+
+def test_filtering_through_a_suite_and_the_same_uncertainty_for_any_shard_split(
+        cli, write_suite, tmp_path):
+    """`bench run` with a Laplace model, a BayesDiff sampler and the filtering metric: the rows
+    are there, and each sample's uncertainty in the per-sample table is bitwise the same with
+    batches of 4 in one shard as with batches of 5 in shards of 7."""
+    import pandas as pd
+
+    from bench.store import read_samples
+
+    a = _run_suite(cli, write_suite, tmp_path, "a", 4, 12)
+    b = _run_suite(cli, write_suite, tmp_path, "b", 5, 7)
+    rows = pd.read_parquet(a)
+    got = set(rows["metric"])
+    assert {"fid", "filter_fid_diff", "filter_precision_diff", "filter_kept",
+            "spearman_uncertainty_knn"} <= got, got
+    assert float(rows.loc[rows.metric == "filter_kept", "value"].iloc[0]) == 6
+    ua = read_samples(a, "bd").sort_values("index")["extra_uncertainty"].to_numpy()
+    ub = read_samples(b, "bd").sort_values("index")["extra_uncertainty"].to_numpy()
+    assert len(ua) == 12 and np.array_equal(ua, ub) and bool((ua > 0).all())
