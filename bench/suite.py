@@ -655,6 +655,7 @@ def validate(data: dict[str, Any], source: str) -> Suite:
             raise SuiteError(source, f"models[{i}].params", f"{entry}{exc}",
                              "fix the model's parameters (see 'bench list models').") from None
         _transforms(source, i, m, adapter, base)
+        _check_posterior(source, i, m, suite)
         try:
             conds = resolve_conditions(block, adapter, base)
         except BenchError as exc:
@@ -700,6 +701,22 @@ def _transforms(src: str, i: int, model: dict[str, Any], adapter: Any, base: Pat
         raise SuiteError(src, f"models[{i}]", f"has both {' and '.join(on)}: a calibrated model "
                          f"has no last-layer posterior of its own.",
                          "use one of them per model entry (two entries, each with a label).")
+
+
+def _check_posterior(src: str, i: int, model: dict[str, Any], suite: "Suite") -> None:
+    """A sampler that needs a last-layer posterior (BayesDiff's) on a model without one is a
+    plan error, not a failed job."""
+    from bench.samplers.bayesdiff import NEEDS_POSTERIOR
+
+    if "laplace" in model:
+        return
+    needs = [s["label"] for s in suite.samplers if s["name"] in NEEDS_POSTERIOR]
+    if needs:
+        raise SuiteError(src, f"models[{i}]", f"'{model['label']}' has no last-layer posterior, "
+                         f"but sampler(s) {needs} need one (BayesDiff's uncertainty).",
+                         "give the model entry 'laplace: true' (its plain samplers then run on "
+                         "its MAP network, the same model), or move these samplers to a suite "
+                         "of their own.")
 
 
 def _eval(src: str, i: int, ev: dict[str, Any]) -> Any:

@@ -33,6 +33,7 @@ def _suite(tmp_path, models: str, sampler: str = "bayesdiff_ddim") -> str:
     ("{name: fmnist-cond, laplace: true, calibrate: true}", "models[0]", "both calibrate and "
      "laplace"),
     ("{name: fmnist-t2i, laplace: true}", "models[0].laplace", "latent"),
+    ("{name: fmnist-cond}", "models[0]", "no last-layer posterior"),
 ])
 def test_bad_laplace_settings_name_the_field_before_any_work(tmp_path, entry, where, match):
     from bench.errors import SuiteError
@@ -46,7 +47,8 @@ def test_bad_laplace_settings_name_the_field_before_any_work(tmp_path, entry, wh
 def test_default_label_and_settings(tmp_path):
     from bench.suite import load_suite
 
-    suite = load_suite(_suite(tmp_path, "  - fmnist-cond\n  - {name: fmnist-cond, laplace: true}"))
+    suite = load_suite(_suite(tmp_path, "  - fmnist-cond\n  - {name: fmnist-cond, laplace: true}",
+                              sampler="ddim"))
     assert [m["label"] for m in suite.models] == ["fmnist-cond", "fmnist-cond-laplace"]
     assert suite.models[1]["laplace"] == {"data": "fmnist-train", "samples": 1000, "seed": 0,
                                           "sigma_noise": 1.0, "prior_precision": 1.0,

@@ -25,6 +25,8 @@ from bench.samplers.base import register_sampler
 
 #: the per-sample extra holding the summed final variance
 UNCERTAINTY = "uncertainty"
+#: the samplers of this module: they run only on a model with a last-layer posterior
+NEEDS_POSTERIOR = ("bayesdiff_ddim", "bayesdiff_dpm_solver_2")
 
 
 def _run(uq: Callable[..., dict[str, Tensor]], name: str, model: Denoiser, x: Tensor,
