@@ -69,6 +69,15 @@ def _check(mc: int, eps_variance: str) -> None:
                          f"{', '.join(EPS_VARIANCES)}.")
 
 
+def _start(x: Tensor, sigmas: Tensor, mc: int, every: int, eps_variance: str
+           ) -> tuple[list[bool], Tensor, Tensor, Tensor, Tensor]:
+    """Checked settings and the start of a propagation: which steps update the variance, the
+    per-row ones, and the trajectory, mean and variance at ``sigmas[0]``."""
+    _check(mc, eps_variance)
+    return (uq_steps(len(sigmas) - 1, every), x.new_ones(x.shape[0]), x, x.clone(),
+            torch.zeros_like(x))
+
+
 def _draws(mean: Tensor, var: Tensor, mc: int, noise: NoiseSource) -> list[Tensor]:
     """``mc`` draws of ``N(mean, var)`` elementwise, moment-matched when ``mc`` > 1 (module
     doc); with ``var`` = 0 every draw is ``mean``."""
@@ -104,13 +113,8 @@ def ddim_uq(eps_moments: EpsMoments, x: Tensor, sigmas: Tensor, *, noise: NoiseS
     ``eps_moments`` evaluates the trajectory (the sampler's counted evaluations),
     ``draw_moments`` (default: the same) the Monte Carlo draws. ``callback`` gets ``{i, x,
     sigma, denoised}`` after each step, as the samplers' callbacks."""
-    _check(mc, eps_variance)
-    draw_moments = draw_moments or eps_moments
-    n_steps = len(sigmas) - 1
-    uq = uq_steps(n_steps, every)
-    ones = x.new_ones(x.shape[0])
-    path, mean, var = x, x.clone(), torch.zeros_like(x)
-    calls = 0
+    uq, ones, path, mean, var = _start(x, sigmas, mc, every, eps_variance)
+    draw_moments, n_steps, calls = draw_moments or eps_moments, len(uq), 0
     for i in range(n_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         c = s_next - s
@@ -157,15 +161,10 @@ def dpm_solver_2_uq(eps_moments: EpsMoments, x: Tensor, sigmas: Tensor, *, noise
     the means elsewhere; skipped steps leave ``Var[x]`` unchanged and move ``E[x]`` by the
     trajectory's ``c g``. ``calls``: 2 per step (1 for a step to 0) plus ``mc`` times as many
     per uncertainty step. ``callback`` as for :func:`ddim_uq`."""
-    _check(mc, eps_variance)
     if not 0 < r1 <= 1:
         raise ValueError(f"bayesdiff: r1={r1!r}; use a value in (0, 1] (1/2: the midpoint).")
-    draw_moments = draw_moments or eps_moments
-    n_steps = len(sigmas) - 1
-    uq = uq_steps(n_steps, every)
-    ones = x.new_ones(x.shape[0])
-    path, mean, var = x, x.clone(), torch.zeros_like(x)
-    calls = 0
+    uq, ones, path, mean, var = _start(x, sigmas, mc, every, eps_variance)
+    draw_moments, n_steps, calls = draw_moments or eps_moments, len(uq), 0
     for i in range(n_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         c = s_next - s

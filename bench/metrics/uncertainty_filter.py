@@ -32,7 +32,7 @@ import numpy as np
 from bench.errors import BenchError, FieldError
 from bench.metrics.base import Output, Values
 from bench.metrics.fidelity_common import (PoolFeatureMetric, list_params, load_ref,
-                                           merge_features, nonfinite_values, read_config)
+                                           nonfinite_values, read_config)
 from bench.registry import METRICS
 
 _NULL = "2.5-97.5 percentiles of the kept set minus each of the random subsets (draws)"
@@ -130,10 +130,6 @@ class UncertaintyFilter(PoolFeatureMetric):
     def state(self) -> dict[str, np.ndarray]:
         return {**super().state(), "uncertainty": np.concatenate(self.u) if self.u
                 else np.zeros(0, np.float64)}
-
-    @staticmethod
-    def merge(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return merge_features(states)
 
     @staticmethod
     def compute(state: dict[str, np.ndarray]) -> Values:
