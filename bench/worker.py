@@ -101,6 +101,9 @@ def _run_one(shard: Shard, store: ResultStore, models: Models,
     holder = store.claim(shard.key, marker)
     if holder is not None:  # another live run computes it: its result will be read, not redone
         return {"key": shard.key, "status": "held", "holder": holder}
+    if store.has_shard(shard.key):  # finished by another run between the check and the claim
+        store.running_path(shard.key).unlink(missing_ok=True)
+        return {"key": shard.key, "status": "done", "cached": True}
     progress = Progress(store, shard.key, marker)
     if runner is not None:
         runner.active = progress

@@ -82,3 +82,22 @@ def test_killed_controller_is_stale_and_a_rerun_waits_for_its_live_jobs(write_su
     np.testing.assert_array_equal(values(res), values(tmp_path / "clean"))
     again = subprocess.run(bench("status", "latest", "--results", res), capture_output=True, text=True)
     assert "STALE" not in again.stdout and "0 pending" in again.stdout
+
+
+def test_a_shard_finished_between_the_check_and_the_claim_is_not_recomputed(tmp_path):
+    """The race behind a shard computed twice by two runs on a loaded machine: run A checks the
+    shard (not done), run B writes it and drops its marker, run A claims it. The claim must be
+    followed by a second look, which finds the result and lets the marker go."""
+    from types import SimpleNamespace
+
+    from bench.store import ResultStore
+    from bench.worker import _run_one
+
+    store = ResultStore(tmp_path)
+    looks = iter([False, True])  # not done at the first look, done right after the claim
+    store.has_shard = lambda key: next(looks)
+    shard = SimpleNamespace(key="0" * 20, label=lambda: "m/s/nfe=1/e[0:1]",
+                            eval={"name": "no-such-eval", "params": {}})
+    out = _run_one(shard, store, models=None, runner=None)
+    assert out == {"key": "0" * 20, "status": "done", "cached": True}
+    assert not store.running_path("0" * 20).exists()
