@@ -194,31 +194,28 @@ def cache_key(adapter: Any, settings: dict[str, Any], data_hash: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def fit(adapter: Any, denoiser: Any, settings: dict[str, Any], device: torch.device | str
-        ) -> tuple[Any, str]:
-    """The last-layer posterior of a loaded model fitted as ``settings`` say, and its cache key
-    (the fit data is read to hash it, so the key needs no fit)."""
-    from bench.calibration import load_data, subset_labels
+def fit(adapter: Any, denoiser: Any, settings: dict[str, Any], x0: Tensor) -> Any:
+    """The last-layer posterior of a loaded model fitted as ``settings`` say on the data
+    samples ``x0`` (``bench.calibration.load_data``'s subset, in the model's sample space)."""
+    from bench.calibration import subset_labels
     from bench.denoiser import Cond
     from bench.guidance import GuidedDenoiser
     from bench.last_layer import _unet_of, fit_conv_laplace, training_pairs
 
     base = denoiser.inner if isinstance(denoiser, GuidedDenoiser) else denoiser
     unet = _unet_of(base)  # a clear error before any work for a model without conv_out
-    x0, data_hash = load_data(adapter, settings, device)
     cond = None
     if getattr(adapter, "conditioning", None) == "classes":
         labels = subset_labels(settings["data"], settings["samples"], settings["seed"])
         if labels is None:
             raise BenchError(f"laplace: data {settings['data']!r} has no class labels; a "
                              f"class-conditional model is fitted on each image's label.")
-        cond = Cond(torch.from_numpy(labels).long().to(device))
+        cond = Cond(torch.from_numpy(labels).long().to(x0.device))
     features, targets = training_pairs(base, x0, cond, seed=settings["seed"])
-    posterior = fit_conv_laplace(unet.conv_out, features, targets,
-                                 sigma_noise=settings["sigma_noise"],
-                                 prior_precision=settings["prior_precision"],
-                                 temperature=settings["temperature"])
-    return posterior, cache_key(adapter, settings, data_hash)
+    return fit_conv_laplace(unet.conv_out, features, targets,
+                            sigma_noise=settings["sigma_noise"],
+                            prior_precision=settings["prior_precision"],
+                            temperature=settings["temperature"])
 
 
 def apply(adapter: Any, denoiser: Any, settings: dict[str, Any], device: torch.device | str,
@@ -236,7 +233,7 @@ def apply(adapter: Any, denoiser: Any, settings: dict[str, Any], device: torch.d
     settings = {k: settings[k] for k in SETTINGS}
     base = denoiser.inner if isinstance(denoiser, GuidedDenoiser) else denoiser
     conv = _unet_of(base).conv_out
-    _, data_hash = load_data(adapter, settings, "cpu")
+    x0, data_hash = load_data(adapter, settings, device)  # read once: hashed, and fitted on
     key = cache_key(adapter, settings, data_hash)
     path = None if cache_dir is None else Path(cache_dir) / "laplace" / f"{key}.npz"
     found: dict[str, np.ndarray] = {}
@@ -257,7 +254,7 @@ def apply(adapter: Any, denoiser: Any, settings: dict[str, Any], device: torch.d
         posterior = ConvPosterior(layer, torch.from_numpy(found["weight_var"]),
                                   None if bias is None or not bias.size else torch.from_numpy(bias))
     else:
-        posterior, key = fit(adapter, denoiser, settings, device)
+        posterior = fit(adapter, denoiser, settings, x0)
         if path is not None:
             bias = posterior.bias_var
             save_npz(path, {"weight_var": posterior.weight_var.cpu().numpy(),
