@@ -208,4 +208,15 @@ def dpm_solver_2_uq(eps_moments: EpsMoments, x: Tensor, sigmas: Tensor, *, noise
     return {"sample": path, "mean": mean, "var": var, "calls": torch.tensor(calls)}
 
 
-__all__ = ["EPS_VARIANCES", "ddim_uq", "dpm_solver_2_uq", "uq_steps"]
+def mc_passes(solver: str, steps: int, final_zero: bool, mc: int, every: int) -> int:
+    """The Monte Carlo network passes per sample of :func:`ddim_uq` (``solver="ddim"``) or
+    :func:`dpm_solver_2_uq` (``"dpm_solver_2"``) over ``steps`` steps, on a grid ending at 0 or
+    not: their ``calls`` minus the trajectory's (the counted NFE), known before sampling
+    (``bench plan``)."""
+    uq = [i for i, on in enumerate(uq_steps(steps, every)) if on]
+    if solver == "ddim":
+        return mc * sum(1 for i in uq if i > 0)
+    return mc * sum(1 if (final_zero and i == steps - 1) else 2 for i in uq)
+
+
+__all__ = ["EPS_VARIANCES", "ddim_uq", "dpm_solver_2_uq", "mc_passes", "uq_steps"]

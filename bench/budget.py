@@ -1,7 +1,8 @@
 """The size of a suite, counted from its lists before any shard exists, and the bounds on it.
 
 ``bench plan`` (and ``bench run`` before it dispatches anything) states what a suite will do:
-cells, shards, samples, network evaluations (NFE x samples, summed over cells; a loop eval such
+cells, shards, samples, network evaluations ((NFE + a sampler's passes beyond it, such as
+BayesDiff's Monte Carlo draws) x samples, summed over cells; a loop eval such
 as ``nfe_to_target`` is counted at its ``nfe_max`` for each sample, the cost of one probe, as
 the dispatcher weighs shards) and an estimate of the peak memory of one job. ``plan()`` refuses
 a suite (SuiteError, exit 2) before it materialises a single shard when
@@ -66,7 +67,7 @@ class Budget:
     cells: int
     shards: int
     samples: int
-    evaluations: int          # network evaluations: NFE x samples, summed over cells
+    evaluations: int          # network passes: (NFE + a sampler's extra passes) x samples
     peak_bytes: int           # largest per-job estimate
     parts: dict[str, int]     # its parts: model, batch, state
     where: dict[str, Any]     # what the largest job is: model label, batch, shard samples
@@ -81,8 +82,8 @@ class Budget:
         mem += (f"; limit {size(self.limit_bytes)} ({self.limit_source})" if self.limit_bytes
                 else "; no memory limit known (no executor.mem_gb, /proc/meminfo unreadable)")
         return [f"work: {self.cells:,} cell(s) in {self.shards:,} shard(s), {self.samples:,} "
-                f"samples, {self.evaluations:,} network evaluations (NFE x samples; loop evals at "
-                f"their nfe_max)", mem]
+                f"samples, {self.evaluations:,} network evaluations ((NFE + extra passes such as "
+                f"BayesDiff's Monte Carlo draws) x samples; loop evals at their nfe_max)", mem]
 
 
 def size(n: int | float | None) -> str:
@@ -159,6 +160,10 @@ def estimate(suite: Any, points: list[tuple[int, dict, dict, Any, list[tuple[int
     without materialising shards, and estimate the largest job's memory."""
     import numpy as np
 
+    from bench.registry import SAMPLERS
+    from bench.samplers import sampler_info
+    from bench.samplers.schedules import grid_final_zero
+
     d = suite.data
     cells = shards = samples = evaluations = 0
     peak: tuple[int, dict[str, int], dict[str, Any]] = (0, {"model": 0, "batch": 0, "state": 0},
@@ -166,16 +171,19 @@ def estimate(suite: Any, points: list[tuple[int, dict, dict, Any, list[tuple[int
                                                         "loop": False})
     models = [model_bytes(a) for a in suite.adapters]
     seen: set[tuple[int, int]] = set()
-    for _, _, ev, ev_obj, pts in points:
+    for _, smp, ev, ev_obj, pts in points:
         loop = ev_obj.shape == "loop"
         counts = [ev_obj.sample_count(n) for n in suite.sample_counts]
-        for nfe, _ in pts:
+        info = sampler_info(smp["name"])
+        params = {**SAMPLERS.entry(smp["name"]).params(), **smp["params"]}
+        for nfe, steps in pts:
+            more = info.passes_beyond_nfe(params, steps, grid_final_zero(smp["grid"]))
             for n in counts:
                 per = n if loop else (d["shard_size"] or n)
                 cells += 1
                 shards += -(-n // per)
                 samples += n
-                evaluations += nfe * n
+                evaluations += (nfe + more) * n
         for mi, (adapter, n) in enumerate(zip(suite.adapters, counts)):
             if not pts or (mi, id(ev_obj)) in seen:
                 continue

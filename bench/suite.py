@@ -636,6 +636,7 @@ def validate(data: dict[str, Any], source: str) -> Suite:
         _check_int(source, f"nfe[{i}]", v, 1, MAX_NFE, " (a grid of that many steps is built "
                    "per sampler)")
     for i, ev_obj in enumerate(suite.eval_objects):
+        _check_extras(source, i, ev_obj, suite)
         nfe_max = getattr(ev_obj, "nfe_max", None)
         if isinstance(nfe_max, int) and nfe_max > MAX_NFE:
             raise SuiteError(source, f"evals[{i}].params.nfe_max", f"must be <= {MAX_NFE}, got "
@@ -717,6 +718,25 @@ def _check_posterior(src: str, i: int, model: dict[str, Any], suite: "Suite") ->
                          "give the model entry 'laplace: true' (its plain samplers then run on "
                          "its MAP network, the same model), or move these samplers to a suite "
                          "of their own.")
+
+
+def _check_extras(src: str, i: int, ev_obj: Any, suite: "Suite") -> None:
+    """A metric (or ``extremes``) that reads a per-sample sampler extra no sampler of the suite
+    gives is a plan error (with some sampler giving it, it runs in those samplers' cells)."""
+    from bench.samplers import sampler_info
+
+    needed = getattr(ev_obj, "extras_needed", dict)()
+    given = {x for s in suite.samplers for x in sampler_info(s["name"]).extras}
+    for where, extra in needed.items():
+        if extra not in given:
+            from bench.registry import SAMPLERS
+
+            has = sorted(n for n in SAMPLERS.names() if extra in sampler_info(n).extras)
+            raise SuiteError(src, f"evals[{i}].params.{where}", f"reads the per-sample '{extra}' "
+                             f"of the sampler, which none of the suite's samplers "
+                             f"({', '.join(s['label'] for s in suite.samplers)}) gives.",
+                             f"add a sampler that gives it ({', '.join(has) or 'none registered'}"
+                             f"), or remove it.")
 
 
 def _eval(src: str, i: int, ev: dict[str, Any]) -> Any:

@@ -105,6 +105,29 @@ def _classes(labels):
 
 
 @pytest.mark.parametrize("name", ["bayesdiff_ddim", "bayesdiff_dpm_solver_2"])
+@pytest.mark.parametrize("nfe, every", [(6, 3), (7, 2)])
+def test_network_passes_are_known_before_sampling(name, nfe, every):
+    """``bench plan``'s count of the passes beyond NFE (``SamplerInfo.passes_beyond_nfe``) is
+    what sampling counts, with the variance updated every step or every few, on grids ending
+    at 0 or not (DPM-Solver-2 at an odd NFE ends with one evaluation at 0)."""
+    from bench.samplers.base import sampler_info, steps_for_nfe
+    from bench.samplers.schedules import grid_final_zero
+
+    lm = LoadedModel.load({"name": "fmnist-cond", "params": {}, "laplace": FIT},
+                          torch.device("cpu"))
+    info = sampler_info(name)
+    grid = {"name": "time_uniform", "final_zero": True} if nfe % 2 else dict(info.grid)
+    fz = grid_final_zero(grid)
+    steps, counted = steps_for_nfe(info.evals_per_step, nfe, fz)
+    params = {"mc": 2, "every": every}
+    gen = generate(lm, SamplerSpec(name, params, grid, steps), range(1), seed=0,
+                   conditions=_classes([4]))
+    more = info.passes_beyond_nfe(params, steps, fz)
+    assert gen.nfe == counted and more > 0
+    assert gen.network_calls == counted + more
+
+
+@pytest.mark.parametrize("name", ["bayesdiff_ddim", "bayesdiff_dpm_solver_2"])
 def test_uncertainty_per_sample_through_generate(name):
     """Bitwise the same per-sample uncertainty in one batch of 5 or in batches of 2 and 3;
     NFE is the base sampler's and network passes add mc per trajectory evaluation of an
@@ -151,10 +174,10 @@ def _run_suite(cli, write_suite, tmp_path, name: str, batch_size: int, shard_siz
         "name": "bd", "seed": 0, "samples": 12, "batch_size": batch_size,
         "shard_size": shard_size, "nfe": [4], "device": "cpu",
         "models": [{"name": "fmnist-cond", "laplace": FIT}],
-        "samplers": [{"name": "bayesdiff_ddim", "params": {"mc": 2, "every": 2}}],
+        "samplers": ["ddim", {"name": "bayesdiff_ddim", "params": {"mc": 2, "every": 2}}],
         "evals": [{"name": "fidelity", "params": {
             "ref": "fmnist-test", "ref_limit": 60, "extractor": "test_proj",
-            "refstats_dir": str(tmp_path / "refs"),
+            "refstats_dir": str(tmp_path / "refs"), "extremes": {"by": "uncertainty", "n": 2},
             "metrics": ["fid", {"name": "uncertainty_filter",
                                 "params": {"keep": 0.5, "draws": 5}}]}}],
     }
@@ -167,20 +190,73 @@ def _run_suite(cli, write_suite, tmp_path, name: str, batch_size: int, shard_siz
 
 def test_filtering_through_a_suite_and_the_same_uncertainty_for_any_shard_split(
         cli, write_suite, tmp_path):
-    """`bench run` with a Laplace model, a BayesDiff sampler and the filtering metric: the rows
-    are there, and each sample's uncertainty in the per-sample table is bitwise the same with
-    batches of 4 in one shard as with batches of 5 in shards of 7."""
+    """`bench run` with a Laplace model, plain DDIM and a BayesDiff sampler, the filtering
+    metric and the extremes gallery: the filter rows and the extremes exist for the BayesDiff
+    cell only (plain DDIM gets FID), each sample's uncertainty in the per-sample table is
+    bitwise the same with batches of 4 in one shard as with batches of 5 in shards of 7, and
+    the extremes are the samples of lowest and highest uncertainty in that table."""
     import pandas as pd
 
+    from bench.evals.gallery import EXTREMES_DIR, gallery_dir
+    from bench.report.galleries import load_extremes
     from bench.store import read_samples
 
     a = _run_suite(cli, write_suite, tmp_path, "a", 4, 12)
     b = _run_suite(cli, write_suite, tmp_path, "b", 5, 7)
     rows = pd.read_parquet(a)
-    got = set(rows["metric"])
+    got = set(rows.loc[rows.sampler == "bayesdiff_ddim", "metric"])
     assert {"fid", "filter_fid_diff", "filter_precision_diff", "filter_kept",
             "spearman_uncertainty_knn"} <= got, got
+    assert set(rows.loc[rows.sampler == "ddim", "metric"]) == {"fid"}
     assert float(rows.loc[rows.metric == "filter_kept", "value"].iloc[0]) == 6
-    ua = read_samples(a, "bd").sort_values("index")["extra_uncertainty"].to_numpy()
-    ub = read_samples(b, "bd").sort_values("index")["extra_uncertainty"].to_numpy()
+    ta = read_samples(a, "bd")
+    ta = ta[ta["sampler"] == "bayesdiff_ddim"].sort_values("index")
+    tb = read_samples(b, "bd")
+    tb = tb[tb["sampler"] == "bayesdiff_ddim"].sort_values("index")
+    ua, ub = ta["extra_uncertainty"].to_numpy(), tb["extra_uncertainty"].to_numpy()
     assert len(ua) == 12 and np.array_equal(ua, ub) and bool((ua > 0).all())
+    order = ta["index"].to_numpy()[np.argsort(ua, kind="stable")]
+    for res in (a, b):
+        assert not gallery_dir(res, "bd", "fmnist-cond-laplace", "ddim", 4, EXTREMES_DIR).exists()
+        ext = load_extremes(gallery_dir(res, "bd", "fmnist-cond-laplace", "bayesdiff_ddim", 4,
+                                        EXTREMES_DIR))
+        assert ext is not None and ext["by"] == "uncertainty"
+        assert ext["low"][1].tolist() == order[:2].tolist()
+        assert ext["high"][1].tolist() == order[::-1][:2].tolist()
+        assert np.array_equal(ext["low"][2], np.sort(ua)[:2])
+        assert ext["low"][0].dtype == np.uint8 and ext["low"][0].shape[1:] == (1, 28, 28)
+        assert ext["low"][3].tolist() == (order[:2] % 10).tolist()
+
+
+@pytest.mark.parametrize("params, where", [
+    ("{metrics: [fid, uncertainty_filter], ref: fmnist-test}", "metrics.uncertainty_filter"),
+    ("{metrics: [fid], ref: fmnist-test, extremes: {by: uncertainty}}", "extremes"),
+])
+def test_a_per_sample_extra_no_sampler_gives_is_a_plan_error(tmp_path, params, where):
+    from bench.errors import SuiteError
+    from bench.suite import load_suite
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\nnfe: [4]\nsamples: 4\nmodels: [fmnist-cond]\nsamplers: [ddim, euler]\n"
+                 f"evals: [{{name: fidelity, params: {params}}}]\n")
+    with pytest.raises(SuiteError, match="none of the suite's samplers .ddim, euler.") as info:
+        load_suite(str(p))
+    assert f"evals[0].params.{where}" in str(info.value)
+    assert "bayesdiff_ddim" in str(info.value)
+
+
+@pytest.mark.parametrize("extremes, where", [
+    ("[uncertainty]", "extremes"), ("{n: 3}", "extremes"), ("{by: 3}", "extremes.by"),
+    ("{by: uncertainty, n: 0}", "extremes.n"),
+])
+def test_bad_extremes_name_the_field(tmp_path, extremes, where):
+    from bench.errors import SuiteError
+    from bench.suite import load_suite
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\nnfe: [4]\nsamples: 4\nmodels: [{name: fmnist-cond, laplace: true}]\n"
+                 "samplers: [bayesdiff_ddim]\nevals: [{name: fidelity, params: {metrics: [fid], "
+                 f"ref: fmnist-test, extremes: {extremes}}}}}]\n")
+    with pytest.raises(SuiteError) as info:
+        load_suite(str(p))
+    assert f"evals[0].params.{where}" in str(info.value)

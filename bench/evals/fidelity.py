@@ -21,18 +21,19 @@ SHARED = ("ref", "resize", "weights", "arch", "extractor", "refstats_dir", "ref_
 
 
 @EVALS.register("fidelity", "Image fidelity vs NFE: FID/KID/IS/precision-recall/density-coverage "
-                "against a reference (params: metrics, ref, extractor, resize, weights, gallery)")
+                "against a reference (params: metrics, ref, extractor, resize, weights, gallery, "
+                "extremes)")
 class Fidelity(SampledEval):
     default_metrics = ("fid",)
 
     def __init__(self, *, metrics: Any = None, ref: str | None = None, resize: str | None = None,
                  weights: str | None = None, extractor: str = "inception", arch: str | None = None,
                  refstats_dir: str | None = None, ref_limit: int | None = None, batch_size: int = 64,
-                 gallery: int = 0, slices: Any = ("all",)) -> None:
+                 gallery: int = 0, slices: Any = ("all",), extremes: Any = None) -> None:
         self.shared = {"ref": ref, "resize": resize, "weights": weights, "arch": arch,
                        "extractor": extractor, "refstats_dir": refstats_dir, "ref_limit": ref_limit,
                        "batch_size": batch_size}
-        super().__init__(metrics=metrics, gallery=gallery, slices=slices)
+        super().__init__(metrics=metrics, gallery=gallery, slices=slices, extremes=extremes)
         self.params.update(self.shared)
 
     def metric_params(self, spec: MetricSpec) -> dict[str, Any]:

@@ -14,6 +14,6 @@ from bench.registry import EVALS
 
 
 @EVALS.register("nfe_curve", "Sampler quality vs NFE: per-sample seeds, counted NFE, wall time; "
-                "metric default oracle_rmse (params: metrics, gallery, slices)")
+                "metric default oracle_rmse (params: metrics, gallery, slices, extremes)")
 class NFECurve(SampledEval):
     default_metrics = ("oracle_rmse",)

@@ -7,6 +7,13 @@ condition, the sampler's per-sample extras), from which ``finalize`` writes the 
 table, joined with each metric's per-sample values. Aggregate rows carry a ``slice``: ``all``,
 and with ``slices: [condition, category]`` one row per condition (``class=<label>`` or
 ``prompt=<id>``) and per category for metrics with per-sample values (mean and 95% t-CI).
+
+A metric that reads a per-sample sampler extra (``Metric.needs_extra``, e.g. the uncertainty
+filter) runs only in the cells whose sampler declares that extra; the eval's other metrics run in
+every cell. ``extremes: {by: EXTRA, n: N}`` keeps, in the cells whose sampler gives ``EXTRA``,
+the images of the N lowest and N highest samples of each batch (``bench.evals.gallery``), from
+which a report draws the cell's N lowest and N highest (e.g. BayesDiff's least and most
+uncertain images).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from tqdm.auto import tqdm
 from bench.conditions import Conditions
 from bench.errors import FieldError, close_matches
 from bench.evals.base import Eval, Models, ShardResult
-from bench.evals.gallery import save_gallery
+from bench.evals.gallery import save_extremes, save_gallery
 from bench.generate import Generation, LoadedModel, SamplerSpec, generate
 from bench.metrics.base import Metric, MetricContext, mean_ci, merge_per_sample
 from bench.registry import METRICS
@@ -104,6 +111,22 @@ class SampleRecord:
         return merge_per_sample([s for s in states if len(s["index"])] or states[:1])
 
 
+def check_extremes(extremes: Any) -> tuple[str, int] | None:
+    """``{by: EXTRA, n: N}`` (n default 10) -> (EXTRA, N); None when not set."""
+    if extremes is None:
+        return None
+    fix = "write e.g. 'extremes: {by: uncertainty, n: 10}' (the 10 lowest and highest samples)."
+    if not isinstance(extremes, dict) or set(extremes) - {"by", "n"} or "by" not in extremes:
+        raise FieldError("extremes", f"must be a mapping with 'by' (a sampler extra) and "
+                         f"optionally 'n', got {extremes!r}.", fix)
+    by, n = extremes["by"], extremes.get("n", 10)
+    if not isinstance(by, str) or not by:
+        raise FieldError("extremes.by", f"must name a per-sample sampler extra, got {by!r}.", fix)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise FieldError("extremes.n", f"must be a whole number >= 1, got {n!r}.", fix)
+    return by, n
+
+
 def flatten(acc: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {f"{name}/{k}": v for name, st in acc.items() for k, v in st.items()}
 
@@ -130,10 +153,12 @@ class SampledEval(Eval):
     shape = "sharded"
     default_metrics: tuple[Any, ...] = ("oracle_rmse",)
 
-    def __init__(self, *, metrics: Any = None, gallery: int = 0, slices: Any = ("all",)) -> None:
+    def __init__(self, *, metrics: Any = None, gallery: int = 0, slices: Any = ("all",),
+                 extremes: Any = None) -> None:
         specs = parse_metrics(list(self.default_metrics) if metrics is None else metrics)
         if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
             raise FieldError("gallery", f"= {gallery!r}.", "use a number of samples >= 0.")
+        self.extremes = check_extremes(extremes)
         if not isinstance(slices, (str, list, tuple)):
             raise FieldError("slices", f"must be a list of slice names, got {slices!r}.",
                              f"write e.g. 'slices: [all, condition]' (slices: {', '.join(SLICES)}).")
@@ -152,6 +177,8 @@ class SampledEval(Eval):
         self.slices = ["all", *[s for s in slices if s != "all"]]
         super().__init__(metrics=[{"name": s.name, "params": s.params} for s in self.specs],
                          **({"gallery": gallery} if gallery else {}),
+                         **({"extremes": dict(zip(("by", "n"), self.extremes))}
+                            if self.extremes else {}),
                          **({"slices": self.slices} if self.slices != ["all"] else {}))
 
     def metric_params(self, spec: MetricSpec) -> dict[str, Any]:
@@ -161,19 +188,40 @@ class SampledEval(Eval):
     def metric_specs(self) -> list[tuple[str, dict[str, Any]]]:
         return [(s.name, s.params) for s in self.specs]
 
-    def make_metrics(self, loaded: LoadedModel, cache_dir: Any) -> dict[str, Metric]:
+    def extras_needed(self) -> dict[str, str]:
+        """What reads a per-sample sampler extra: ``{"metrics.<name>" | "extremes": extra}``."""
+        out = {f"metrics.{s.name}": METRICS.get(s.name).needs_extra(s.params) for s in self.specs}
+        if self.extremes:
+            out["extremes"] = self.extremes[0]
+        return {k: v for k, v in out.items() if v is not None}
+
+    def specs_for(self, sampler: dict[str, Any]) -> list[MetricSpec]:
+        """The metrics that run in a cell of this sampler (module doc)."""
+        from bench.samplers import sampler_info
+
+        has = sampler_info(sampler["name"]).extras
+        return [s for s in self.specs
+                if METRICS.get(s.name).needs_extra(s.params) in (None, *has)]
+
+    def make_metrics(self, loaded: LoadedModel, cache_dir: Any,
+                     specs: list[MetricSpec]) -> dict[str, Metric]:
         return {s.name: METRICS.get(s.name)(MetricContext(loaded.adapter, loaded.device, cache_dir,
                                                           params=s.params, model=loaded))
-                for s in self.specs}
+                for s in specs}
 
     def run_shard(self, shard: Any, models: Models, cache_dir: Any = None,
                   progress: Any = None) -> ShardResult:
         t_start = time.perf_counter()
         loaded = models.get(shard.model, shard.device)
         spec = SamplerSpec.from_dict(shard.sampler, shard.steps)
-        metrics = self.make_metrics(loaded, cache_dir)
+        metrics = self.make_metrics(loaded, cache_dir, self.specs_for(shard.sampler))
         record = SampleRecord(shard.conditions)
-        decode = self.gallery > 0 or any(m.needs_images for m in metrics.values())
+        from bench.samplers import sampler_info
+
+        extremes = (self.extremes if self.extremes and cache_dir is not None
+                    and self.extremes[0] in sampler_info(shard.sampler["name"]).extras else None)
+        decode = (self.gallery > 0 or extremes is not None
+                  or any(m.needs_images for m in metrics.values()))
         saved = progress.resume() if progress is not None else None
         start, acc, meta = saved if saved else (shard.start, None, {
             "nfe_counted": None, "network_calls": 0, "sample_s": 0.0, "model_s": 0.0,
@@ -189,6 +237,8 @@ class SampledEval(Eval):
                                    f"vs {gen.nfe}")
             if self.gallery and gen.indices[0] < self.gallery and cache_dir is not None:
                 save_gallery(cache_dir, shard, gen, self.gallery)
+            if extremes is not None:
+                save_extremes(cache_dir, shard, gen, *extremes)
             states = {}
             for name, m in [*metrics.items(), (RECORD, record)]:
                 m.update(gen)
@@ -228,7 +278,7 @@ class SampledEval(Eval):
         record = SampleRecord.merge([unflatten(s, RECORD) for s, _ in results])
         table = pd.DataFrame({k: v for k, v in record.items()})
         rows = []
-        for spec in self.specs:
+        for spec in self.specs_for(shards[0].sampler):
             cls = METRICS.get(spec.name)
             state = cls.merge([unflatten(s, spec.name) for s, _ in results])
             described = cls.describe(state)

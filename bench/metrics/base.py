@@ -80,6 +80,13 @@ class Metric(ABC):
                                  f"{close_matches(k, cls.param_defaults)}",
                                  f"use one of: {', '.join(sorted(cls.param_defaults)) or '(none)'}.")
 
+    @classmethod
+    def needs_extra(cls, params: dict[str, Any]) -> str | None:
+        """The per-sample sampler extra this metric reads (``Generation.extras``), or None. A
+        metric that reads one runs only in cells whose sampler declares it (``extras=`` of
+        ``register_sampler``); a suite where no sampler does is a plan error."""
+        return None
+
     @abstractmethod
     def update(self, gen: Generation) -> None: ...
 

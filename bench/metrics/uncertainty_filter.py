@@ -111,6 +111,10 @@ class UncertaintyFilter(PoolFeatureMetric):
                                  f"use e.g. {name}: {cls.extra_params[name]}.")
         super().check_params(params)
 
+    @classmethod
+    def needs_extra(cls, params: dict[str, Any]) -> str | None:
+        return str(params.get("extra", cls.extra_params["extra"]))
+
     def reset(self) -> None:
         super().reset()
         self.u: list[np.ndarray] = []

@@ -230,3 +230,89 @@ def load_index(folder: Path) -> np.ndarray:
         except CorruptFile:
             continue
     return np.sort(np.concatenate(idx)) if idx else np.zeros(0, np.int64)
+
+
+def load_extremes(folder: Path, n: int | None = None) -> dict[str, object] | None:
+    """The cell's ``n`` lowest and ``n`` highest samples (ties in sample order; default: the
+    ``n`` the suite kept) from the per-batch files of ``extremes: {by, n}``: ``{"by", "names",
+    "low": (images, idx, value, cond), "high": (...)}`` (``high`` highest first); None if none."""
+    parts = []
+    for p in sorted(folder.glob("*.npz")):
+        try:
+            parts.append(load_npz(p))
+        except CorruptFile as exc:  # a rerun of the suite writes it again
+            print(f"warning: extremes image file skipped: {exc}", file=sys.stderr)
+    if not parts:
+        return None
+    idx = np.concatenate([p["idx"] for p in parts])
+    value = np.concatenate([p["value"] for p in parts])
+    images = np.concatenate([p["images"] for p in parts])
+    cond = np.concatenate([p["cond"] for p in parts])
+    _, first = np.unique(idx, return_index=True)  # a batch written twice counts once
+    idx, value, images, cond = idx[first], value[first], images[first], cond[first]
+    order = np.lexsort((idx, value))  # by value, ties by sample index
+    if n is None:  # each batch kept its n lowest and n highest, so a batch holds at most 2n
+        n = max(1, max(len(p["idx"]) for p in parts) // 2)
+    low = order[:n]
+    high = np.lexsort((idx, -value))[:n]
+    pick = lambda s: (images[s], idx[s], value[s], cond[s])  # noqa: E731
+    return {"by": str(parts[0]["by"]), "names": json.loads(str(parts[0]["names"])),
+            "low": pick(low), "high": pick(high)}
+
+
+def extremes_png(ext: dict[str, object], title: str, path: Path, columns: int = 10) -> Path:
+    """Two blocks of images: the lowest values (top) and the highest (bottom), each image
+    captioned with its class (or condition) and value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ext["names"] or {}
+    blocks = [(f"lowest {ext['by']}", ext["low"]), (f"highest {ext['by']}", ext["high"])]
+    rows_per = [max(1, -(-len(b[1][0]) // columns)) for b in blocks]
+    fig, axes = plt.subplots(sum(rows_per), columns, squeeze=False, dpi=100,
+                             figsize=(columns * 1.05 + 0.4, sum(rows_per) * 1.3 + 0.5))
+    r0 = 0
+    for (label, (images, idx, value, cond)), nr in zip(blocks, rows_per):
+        for j in range(nr * columns):
+            ax = axes[r0 + j // columns][j % columns]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(images):
+                ax.set_visible(False)
+                continue
+            im = images[j]
+            ax.imshow(im[0] if im.shape[0] == 1 else im[:3].transpose(1, 2, 0),
+                      cmap="gray" if im.shape[0] == 1 else None, vmin=0, vmax=255,
+                      interpolation="nearest")
+            c = int(cond[j])
+            name = str(names.get(str(c), c)) if c >= 0 else "uncond."
+            ax.set_title(f"{short(name, 12, 1)}\n{value[j]:.3g}", fontsize=6, pad=1.5)
+            if j % columns == 0:
+                ax.set_ylabel(label if j == 0 else "", fontsize=7, fontweight="bold")
+        r0 += nr
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3, h_pad=0.5, w_pad=0.2,
+                     rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    save_png(fig, path)
+    plt.close(fig)
+    return path
+
+
+def render_extremes(results: Path, suite: str, out: Path, slug) -> list[tuple[str, Path, str]]:
+    """(cell name, PNG, extra) for every cell whose ``extremes: {by, n}`` images were saved."""
+    from bench.evals.gallery import EXTREMES_DIR
+
+    root = Path(results) / EXTREMES_DIR / slug(suite)
+    if not root.is_dir():
+        return []
+    written = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        ext = load_extremes(folder)
+        if ext is None:
+            continue
+        name = folder.name.replace("__", " / ")
+        png = out / f"{slug(suite)}_extremes_{folder.name}.png"
+        written.append((name, extremes_png(ext, f"{suite}: {name}", png), str(ext["by"])))
+    return written

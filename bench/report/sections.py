@@ -171,8 +171,9 @@ def gallery_sections(ctx: ReportContext) -> list[Block]:
     from bench.report.galleries import render_galleries
 
     galleries = render_galleries(ctx.results, ctx.suite, ctx.out, ctx.slug, ctx.galleries)
+    out = extremes_sections(ctx)
     if not galleries:
-        return []
+        return out
     from bench.report.galleries import GRID_COLUMNS, ROWS_MAX
 
     intro = ("The first samples of each cell (same initial noise across samplers), one row per "
@@ -182,8 +183,24 @@ def gallery_sections(ctx: ReportContext) -> list[Block]:
                  f"{ROWS_MAX} conditions, one row per condition; more, a grid of {GRID_COLUMNS} "
                  f"conditions a row, one block of rows per category, each image captioned with "
                  f"its condition's id (as in the per-prompt table) and text.")
-    out: list[Block] = [Heading("Samples"), Text(intro)]
+    head: list[Block] = [Heading("Samples"), Text(intro)]
     for name, png, grid in galleries:
-        out += [Heading(name, 3), Figure(png, f"samples: {name}" + (
+        head += [Heading(name, 3), Figure(png, f"samples: {name}" + (
             " (by category; caption: condition id and text)" if grid else ""))]
+    return head + out
+
+
+def extremes_sections(ctx: ReportContext) -> list[Block]:
+    """The lowest and highest samples of each cell by a per-sample extra (``extremes:``)."""
+    from bench.report.galleries import render_extremes
+
+    shown = render_extremes(ctx.results, ctx.suite, ctx.out, ctx.slug)
+    if not shown:
+        return []
+    out: list[Block] = [Heading("Lowest and highest samples"), Text(
+        "Per cell, the samples with the lowest values of the sampler's per-sample extra (top "
+        "block) and the highest (bottom block, highest first), from all of the cell's samples; "
+        "each image is captioned with its condition and value.")]
+    for name, png, by in shown:
+        out += [Heading(name, 3), Figure(png, f"lowest and highest {by}: {name}")]
     return out

@@ -32,6 +32,15 @@ class SamplerInfo:
     order: int | Callable[[dict[str, Any]], int | None] | None = None
     #: sampler params that the default grid takes too (same name): forwarded from params
     grid_params: tuple[str, ...] = ()
+    #: per-sample extras it returns besides the images (e.g. BayesDiff's ``uncertainty``)
+    extras: tuple[str, ...] = ()
+    #: network passes per sample beyond the counted NFE, from (params with defaults, steps,
+    #: grid ends at 0) (e.g. BayesDiff's Monte Carlo draws); None: none
+    extra_passes: Callable[[dict[str, Any], int, bool], int] | None = None
+
+    def passes_beyond_nfe(self, params: dict[str, Any], steps: int, final_zero: bool) -> int:
+        return 0 if self.extra_passes is None else int(self.extra_passes(params, steps,
+                                                                         final_zero))
 
     def order_for(self, params: dict[str, Any]) -> int | None:
         """Theoretical ODE order for these params; None for stochastic samplers (their error
@@ -44,6 +53,8 @@ class SamplerInfo:
 def register_sampler(name: str, *, evals_per_step: int, grid: dict[str, Any], paper: str,
                      order: int | Callable[[dict[str, Any]], int | None] | None = None,
                      stochastic: bool = False, grid_params: tuple[str, ...] = (),
+                     extras: tuple[str, ...] = (),
+                     extra_passes: Callable[[dict[str, Any], int, bool], int] | None = None,
                      description: str = "") -> Callable:
     """Register a sampler with its cost per step, default grid and the paper it implements.
 
@@ -53,9 +64,13 @@ def register_sampler(name: str, *, evals_per_step: int, grid: dict[str, Any], pa
 
     A step that ends at s = 0 is a single denoising evaluation for every sampler (as in
     EDM's Heun and k-diffusion's DPM-2), so on a grid ending at 0 the NFE of ``n`` steps is
-    ``k (n - 1) + 1`` and otherwise ``k n``, with ``k = evals_per_step``.
+    ``k (n - 1) + 1`` and otherwise ``k n``, with ``k = evals_per_step``. ``extras`` names the
+    per-sample values it returns besides the images (metrics that read one run only on cells of
+    samplers that declare it); ``extra_passes(params, steps, final_zero)`` its network passes
+    per sample beyond the counted NFE (``bench plan``'s budget).
     """
-    info = SamplerInfo(evals_per_step, dict(grid), stochastic, paper, order, tuple(grid_params))
+    info = SamplerInfo(evals_per_step, dict(grid), stochastic, paper, order, tuple(grid_params),
+                       tuple(extras), extra_passes)
     return SAMPLERS.register(name, description, info=info)
 
 

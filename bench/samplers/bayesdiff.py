@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from bench.bayesdiff import EPS_VARIANCES, ddim_uq, dpm_solver_2_uq
+from bench.bayesdiff import EPS_VARIANCES, ddim_uq, dpm_solver_2_uq, mc_passes
 from bench.denoiser import Denoiser
 from bench.noise import NoiseSource
 from bench.samplers.base import register_sampler
@@ -56,7 +56,10 @@ def _run(uq: Callable[..., dict[str, Tensor]], name: str, model: Denoiser, x: Te
 
 
 @register_sampler("bayesdiff_ddim", order=1, evals_per_step=1, grid={"name": "time_uniform"},
-                  stochastic=True, paper="Kou et al. 2024 (BayesDiff), Algorithm 1 on DDIM",
+                  stochastic=True, extras=(UNCERTAINTY,),
+                  extra_passes=lambda p, steps, fz: mc_passes("ddim", steps, fz, p["mc"],
+                                                             p["every"]),
+                  paper="Kou et al. 2024 (BayesDiff), Algorithm 1 on DDIM",
                   description="DDIM (eta 0) with BayesDiff's variance propagation; per-sample "
                               "uncertainty; needs a model with 'laplace:'")
 def sample_bayesdiff_ddim(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Any = None,
@@ -68,7 +71,9 @@ def sample_bayesdiff_ddim(model: Denoiser, x: Tensor, sigmas: Tensor, *, cond: A
 
 
 @register_sampler("bayesdiff_dpm_solver_2", order=2, evals_per_step=2, grid={"name": "logsnr"},
-                  stochastic=True,
+                  stochastic=True, extras=(UNCERTAINTY,),
+                  extra_passes=lambda p, steps, fz: mc_passes("dpm_solver_2", steps, fz,
+                                                             p["mc"], p["every"]),
                   paper="Kou et al. 2024 (BayesDiff), DPM-Solver-2 with variance propagation",
                   description="singlestep DPM-Solver-2 (r1=1/2) with BayesDiff's variance "
                               "propagation; per-sample uncertainty; needs a model with 'laplace:'")
