@@ -96,7 +96,8 @@ def cost_table(g: pd.DataFrame) -> Table:
 
 def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     """Sharded evals (nfe_curve, fidelity): with CLIPScore rows first the text-to-image views
-    (``bench.report.t2i``: the guidance trade-off, per category and per prompt), then per
+    (``bench.report.t2i``: the guidance trade-off, per category and per prompt), with
+    uncertainty-filter rows their table (``bench.report.bayesdiff``), then per
     (model, metric) a sampler x NFE table, the fitted convergence slopes, a log-log plot with
     interval bands, and the cost."""
     from bench.report.plots import nfe_plot
@@ -104,8 +105,10 @@ def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     from bench.samplers import sampler_info
     from bench.metrics.base import find_output
 
-    out: list[Block] = t2i_sections(sdf, ctx)
-    sampled = sdf[sdf["slice"] == "all"]
+    from bench.report.bayesdiff import filter_metrics, filter_sections
+
+    out: list[Block] = t2i_sections(sdf, ctx) + filter_sections(sdf, ctx)
+    sampled = sdf[(sdf["slice"] == "all") & ~sdf["metric"].isin(filter_metrics())]
     for (model, metric), g in sampled.groupby(["model", "metric"], sort=True):
         out += [Heading(f"{model} — {metric}"),
                 Text(f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
