@@ -507,7 +507,7 @@ def test_rows_fit_the_store_schema_with_per_prompt_and_category_slices(hf_dir):
     meta = {"nfe_counted": 1, "network_calls": 1, "n_samples": 6, "wall_s": 1.0, "sample_s": 0.0,
             "model_s": 0.0, "load_s": 0.0, "metric_s": 0.0, "device": "cpu", "sigma_start": 1.0,
             "sigma_end": 0.0}
-    shard = type("S", (), {"conditions": conds})()
+    shard = type("S", (), {"conditions": conds, "sampler": {"name": "ddim"}})()
     rows, table = ev.finalize([shard], [(flatten({"clipscore": m["clipscore"].state(),
                                                   RECORD: rec.state()}), meta)])
     rows_table(rows)  # every column is in ROW_SCHEMA

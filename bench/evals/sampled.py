@@ -204,10 +204,11 @@ class SampledEval(Eval):
                 if METRICS.get(s.name).needs_extra(s.params) in (None, *has)]
 
     def make_metrics(self, loaded: LoadedModel, cache_dir: Any,
-                     specs: list[MetricSpec]) -> dict[str, Metric]:
+                     specs: list[MetricSpec] | None = None) -> dict[str, Metric]:
+        """The metrics of ``specs`` (default: all of the eval's)."""
         return {s.name: METRICS.get(s.name)(MetricContext(loaded.adapter, loaded.device, cache_dir,
                                                           params=s.params, model=loaded))
-                for s in specs}
+                for s in (self.specs if specs is None else specs)}
 
     def run_shard(self, shard: Any, models: Models, cache_dir: Any = None,
                   progress: Any = None) -> ShardResult:
