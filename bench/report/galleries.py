@@ -270,6 +270,7 @@ def extremes_png(ext: dict[str, object], title: str, path: Path, columns: int = 
 
     names = ext["names"] or {}
     blocks = [(f"lowest {ext['by']}", ext["low"]), (f"highest {ext['by']}", ext["high"])]
+    columns = max(1, min(columns, max(len(b[1][0]) for b in blocks)))
     rows_per = [max(1, -(-len(b[1][0]) // columns)) for b in blocks]
     fig, axes = plt.subplots(sum(rows_per), columns, squeeze=False, dpi=100,
                              figsize=(columns * 1.05 + 0.4, sum(rows_per) * 1.3 + 0.5))
