@@ -289,12 +289,13 @@ def extremes_png(ext: dict[str, object], title: str, path: Path, columns: int = 
                       interpolation="nearest")
             c = int(cond[j])
             name = str(names.get(str(c), c)) if c >= 0 else "uncond."
-            ax.set_title(f"{short(name, 12, 1)}\n{value[j]:.3g}", fontsize=6, pad=1.5)
+            name = name if len(name) <= 14 else name[:13] + "..."
+            ax.set_title(f"{name}\n{value[j]:.3g}", fontsize=6, pad=1.5)
             if j % columns == 0:
                 ax.set_ylabel(label if j == 0 else "", fontsize=7, fontweight="bold")
         r0 += nr
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3, h_pad=0.5, w_pad=0.2,
+    fig.tight_layout(pad=0.3, h_pad=1.2, w_pad=0.2,
                      rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     save_png(fig, path)
     plt.close(fig)
