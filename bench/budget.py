@@ -161,7 +161,7 @@ def estimate(suite: Any, points: list[tuple[int, dict, dict, Any, list[tuple[int
     import numpy as np
 
     from bench.registry import SAMPLERS
-    from bench.samplers import sampler_info
+    from bench.samplers.base import sampler_info
     from bench.samplers.schedules import grid_final_zero
 
     d = suite.data

@@ -197,7 +197,7 @@ class SampledEval(Eval):
 
     def specs_for(self, sampler: dict[str, Any]) -> list[MetricSpec]:
         """The metrics that run in a cell of this sampler (module doc)."""
-        from bench.samplers import sampler_info
+        from bench.samplers.base import sampler_info
 
         has = sampler_info(sampler["name"]).extras
         return [s for s in self.specs
@@ -217,7 +217,7 @@ class SampledEval(Eval):
         spec = SamplerSpec.from_dict(shard.sampler, shard.steps)
         metrics = self.make_metrics(loaded, cache_dir, self.specs_for(shard.sampler))
         record = SampleRecord(shard.conditions)
-        from bench.samplers import sampler_info
+        from bench.samplers.base import sampler_info
 
         extremes = (self.extremes if self.extremes and cache_dir is not None
                     and self.extremes[0] in sampler_info(shard.sampler["name"]).extras else None)
