@@ -45,14 +45,21 @@ def save_png(fig, path: Path) -> None:
         Path(path).write_bytes(buf.getvalue())
 
 
-def load_gallery(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str] | None]:
-    """(uint8 NCHW images, condition per image, condition names) sorted by sample index."""
+def read_parts(folder: Path) -> list[dict[str, np.ndarray]]:
+    """The image files of a gallery folder (``_gallery`` or ``_extremes``), in name order; a
+    corrupt one is skipped with a warning (a rerun of the suite writes it again)."""
     parts = []
     for p in sorted(folder.glob("*.npz")):
         try:
             parts.append(load_npz(p))
-        except CorruptFile as exc:  # a rerun of the suite writes it again
+        except CorruptFile as exc:
             print(f"warning: gallery image file skipped: {exc}", file=sys.stderr)
+    return parts
+
+
+def load_gallery(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str] | None]:
+    """(uint8 NCHW images, condition per image, condition names) sorted by sample index."""
+    parts = read_parts(folder)
     if not parts:
         return np.zeros((0, 1, 1, 1), np.uint8), np.zeros(0, np.int64), None
     idx = np.concatenate([p["idx"] for p in parts])
@@ -236,12 +243,7 @@ def load_extremes(folder: Path, n: int | None = None) -> dict[str, object] | Non
     """The cell's ``n`` lowest and ``n`` highest samples (ties in sample order; default: the
     ``n`` the suite kept) from the per-batch files of ``extremes: {by, n}``: ``{"by", "names",
     "low": (images, idx, value, cond), "high": (...)}`` (``high`` highest first); None if none."""
-    parts = []
-    for p in sorted(folder.glob("*.npz")):
-        try:
-            parts.append(load_npz(p))
-        except CorruptFile as exc:  # a rerun of the suite writes it again
-            print(f"warning: extremes image file skipped: {exc}", file=sys.stderr)
+    parts = read_parts(folder)
     if not parts:
         return None
     idx = np.concatenate([p["idx"] for p in parts])
