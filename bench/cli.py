@@ -153,7 +153,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     check_folder(args.out, "--out", write=True)
     doc, written = write_leaderboard(args.results, args.metric, args.at, slice_=args.slice,
                                      out=args.out, formats=args.format, ci_style=args.ci,
-                                     eval_=args.eval)
+                                     eval_=args.eval, samples=args.samples)
     print(table_md(doc.blocks[-1], args.ci))
     for p in written:
         print(p)
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the requested NFE (and optionally the step) to compare at")
     lb.add_argument("--slice", default="all", help="the slice of the rows (default: all)")
     lb.add_argument("--eval", default=None, help="only rows of this eval (default: any)")
+    lb.add_argument("--samples", type=int, default=None, metavar="N",
+                    help="only rows computed from N samples (default: any; the table shows each "
+                    "entry's count)")
     lb.add_argument("--out", default=str(Path("reports") / "leaderboard"),
                     help="output folder (default: reports/leaderboard)")
     lb.add_argument("--format", default="md,html,latex",

@@ -41,7 +41,7 @@ def test_ranks_entries_of_two_results_folders_by_value(cli, two_results, tmp_pat
     assert code == 0, err
     md, tex = out / "leaderboard-rmse-nfe20.md", out / "leaderboard-rmse-nfe20.tex"
     assert md.is_file() and tex.is_file() and not (out / "leaderboard-rmse-nfe20.html").exists()
-    assert str(md) in stdout and "| rank | suite | model | sampler | NFE | value |" in stdout
+    assert str(md) in stdout and "| rank | suite | model | sampler | NFE | samples | value |" in stdout
 
     rows = pd.concat([pd.read_parquet(res_a), pd.read_parquet(res_b)])
     rows = rows[(rows["metric"] == "rmse") & (rows["nfe"] == 20)].sort_values("value")
@@ -51,10 +51,12 @@ def test_ranks_entries_of_two_results_folders_by_value(cli, two_results, tmp_pat
     assert {r[1] for r in table} == {"a", "b"} and len(table) == 3
     ranks = [int(r[0]) for r in table]
     assert ranks[0] == 1 and ranks == sorted(ranks)
-    assert table[0][5].startswith("**")  # the best value is bold
+    assert table[0][6].startswith("**")  # the best value is bold
+    assert {r[5] for r in table} == {"24"}  # every entry's sample count, all equal here
     assert "(counted 19)" in next(r[4] for r in table if r[3] == "heun")  # heun: 2 NFE per step
     text = md.read_text()
     assert "Leaderboard: rmse at NFE 20" in text and "leads rank group 1" in text
+    assert "different numbers of samples" not in text
     assert r"\textbf{" in tex.read_text() and r"\label{tab:leaderboard-rmse-nfe20}" in tex.read_text()
 
     if pdflatex_reason() is None:  # compiles (installed with apt-get where it can be)
@@ -144,3 +146,44 @@ def test_an_entry_with_two_rows_at_the_nfe_asks_for_eval_or_step():
     assert len(select(df, "rmse", {"nfe": 20}, "all", "nfe_curve")) == 1
     with pytest.raises(BenchError, match=r"^--eval 'fid'"):
         select(df, "rmse", {"nfe": 20}, "all", "fid")
+
+
+def test_sample_counts_are_shown_said_when_they_differ_and_can_be_chosen():
+    from bench.errors import BenchError
+    from bench.report.leaderboard import leaderboard_document, select
+
+    df = rows(("ddim", 1.0, 0.9, 1.1), ("ddim", 0.8, 0.75, 0.85), ("heun", 1.1, 1.0, 1.2)).assign(
+        metric="fid", slice="all", step=0, eval="fidelity", n_samples=[1000, 10000, 1000],
+        suite=["s", "s10k", "s"])
+    sel = select(df, "fid", {"nfe": 20}, "all")
+    entries = rank_rows(sel, higher_is_better=False)
+    assert [(e.suite, e.sampler, e.samples) for e in entries] == [
+        ("s10k", "ddim", 10000), ("s", "ddim", 1000), ("s", "heun", 1000)]
+    doc = leaderboard_document(entries, "fid", {"nfe": 20}, "all", ["r"], sel)
+    table = doc.blocks[-1]
+    assert table.columns[5] == "samples" and [r[5] for r in table.rows] == ["10000", "1000", "1000"]
+    assert "different numbers of samples (1,000, 10,000)" in doc.blocks[0].text
+
+    only = select(df, "fid", {"nfe": 20}, "all", samples=1000)
+    assert sorted(only["sampler"]) == ["ddim", "heun"] and set(only["n_samples"]) == {1000}
+    one = rank_rows(only, higher_is_better=False)
+    doc1 = leaderboard_document(one, "fid", {"nfe": 20}, "all", ["r"], only)
+    assert "different numbers of samples" not in doc1.blocks[0].text
+    with pytest.raises(BenchError, match=r"^--samples 500: .*counts are: 1000, 10000"):
+        select(df, "fid", {"nfe": 20}, "all", samples=500)
+
+
+def test_samples_option_on_the_command_line(cli, two_results, tmp_path):
+    res_a, res_b = two_results
+    out = tmp_path / "lb-n"
+    code, stdout, err = cli("leaderboard", res_a, res_b, "--metric", "rmse", "--at", "nfe=20",
+                            "--samples", "24", "--out", out, "--format", "md")
+    assert code == 0, err
+    assert len(md_rows(out / "leaderboard-rmse-nfe20.md")) == 3
+    code, _, err = cli("leaderboard", res_a, "--metric", "rmse", "--at", "nfe=20",
+                       "--samples", "25", "--out", out / "none", "--format", "md")
+    assert code == 2 and err.startswith("error: --samples 25: no rmse rows") and "24" in err
+    assert not (out / "none").exists() or not any((out / "none").iterdir())
+    code, _, err = cli("leaderboard", res_a, "--metric", "rmse", "--at", "nfe=20",
+                       "--samples", "0", "--out", out / "zero", "--format", "md")
+    assert code == 2 and err.startswith("error: --samples 0:")

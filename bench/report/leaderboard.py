@@ -4,7 +4,10 @@ results folders, and write the ranking as Markdown, HTML and LaTeX.
 Rows are read with the same checks as ``bench report`` and ``bench compare`` (``read_rows``), from
 every folder or file given together, and the newest row of each cell is kept (``latest_rows``:
 a cell present in two inputs counts once, with its newest row). Then the rows of the metric at
-the requested NFE (and ``step``, if given) of one slice are ranked.
+the requested NFE (and ``step``, if given) of one slice (and, with ``--samples N``, of one
+sample count) are ranked. The table shows each entry's number of samples: a metric estimated
+from N samples can depend on N (FID is biased upwards at small N), so the text says so when the
+entries differ in it.
 
 Ranking rule (``rank_rows``): the entries are sorted best first by the metric's declared
 direction (``Metric.outputs``; a metric without one is refused), equal values in (suite, model,
@@ -30,7 +33,7 @@ from bench.report.blocks import Document, Table, Text, Value, finite, mark_best,
 
 #: the row columns a leaderboard reads
 LEADERBOARD_COLUMNS = ["suite", "model", "sampler", "nfe", "eval", "slice", "step", "metric",
-                       "value", "ci_low", "ci_high", "nfe_counted", "created_at"]
+                       "value", "ci_low", "ci_high", "nfe_counted", "n_samples", "created_at"]
 
 RULE = ("Entries are sorted best first; the first leads rank group 1, and each next entry whose "
         "interval overlaps the interval of its group's leader shares that rank; the first entry "
@@ -46,6 +49,7 @@ class Entry:
     nfe: int
     nfe_counted: int
     value: Value
+    samples: int | None = None
     rank: int | None = None
 
 
@@ -107,9 +111,10 @@ def read_inputs(paths: list[str | Path]) -> pd.DataFrame:
 
 
 def select(df: pd.DataFrame, metric: str, at: dict[str, int], slice_: str,
-           eval_: str | None = None) -> pd.DataFrame:
-    """The rows to rank (of one eval if ``eval_``); a BenchError naming the argument that left
-    none, or that leaves an entry with more than one row."""
+           eval_: str | None = None, samples: int | None = None) -> pd.DataFrame:
+    """The rows to rank (of one eval if ``eval_``, of one sample count if ``samples``); a
+    BenchError naming the argument that left none, or that leaves an entry with more than one
+    row."""
     def listed(col: str, d: pd.DataFrame) -> str:
         return ", ".join(str(v) for v in sorted(d[col].dropna().unique())) or "none"
 
@@ -138,6 +143,14 @@ def select(df: pd.DataFrame, metric: str, at: dict[str, int], slice_: str,
                              f"this step; their steps are: {listed('step', at_nfe)}.")
     else:
         sel = at_nfe
+    if samples is not None:
+        counts = sel["n_samples"] if "n_samples" in sel else pd.Series(dtype=float)
+        by_n = sel[counts == samples]
+        if by_n.empty:
+            raise BenchError(f"--samples {samples}: no {metric} rows at NFE {at['nfe']} from this "
+                             f"many samples; their sample counts are: "
+                             f"{listed('n_samples', sel) if 'n_samples' in sel else 'none'}.")
+        sel = by_n
     dup = sel[sel.duplicated(["suite", "model", "sampler"], keep=False)]
     if len(dup):
         first = dup.iloc[0]
@@ -152,14 +165,17 @@ def select(df: pd.DataFrame, metric: str, at: dict[str, int], slice_: str,
 
 def rank_rows(rows: pd.DataFrame, higher_is_better: bool) -> list[Entry]:
     """The entries of ``rows`` (one row each: suite, model, sampler, nfe, value, ci_low,
-    ci_high, and optionally nfe_counted) best first, ranked by the module's rule."""
+    ci_high, and optionally nfe_counted and n_samples) best first, ranked by the module's
+    rule."""
     entries = []
     for _, r in rows.iterrows():
         n = int(r["nfe"])
         counted = r.get("nfe_counted", n)
+        count = r.get("n_samples")
         entries.append(Entry(str(r["suite"]), str(r["model"]), str(r["sampler"]), n,
                              n if counted is None or pd.isna(counted) else int(counted),
-                             Value(float(r["value"]), float(r["ci_low"]), float(r["ci_high"]))))
+                             Value(float(r["value"]), float(r["ci_low"]), float(r["ci_high"])),
+                             None if count is None or pd.isna(count) else int(count)))
     sign = -1.0 if higher_is_better else 1.0
     good = sorted((e for e in entries if finite(e.value.value)),
                   key=lambda e: (sign * e.value.value, e.suite, e.model, e.sampler))
@@ -184,8 +200,9 @@ def leaderboard_document(entries: list[Entry], metric: str, at: dict[str, int], 
     for e in entries:
         nfe = str(e.nfe) if e.nfe_counted == e.nfe else f"{e.nfe} (counted {e.nfe_counted})"
         table_rows.append(["–" if e.rank is None else str(e.rank), e.suite, e.model, e.sampler,
-                           nfe, e.value])
-    table = mark_best(Table(["rank", "suite", "model", "sampler", "NFE", "value"], table_rows,
+                           nfe, "–" if e.samples is None else str(e.samples), e.value])
+    table = mark_best(Table(["rank", "suite", "model", "sampler", "NFE", "samples", "value"],
+                            table_rows,
                             caption=interval_caption(metric), higher_is_better=hib,
                             key=f"leaderboard-{metric}-nfe{at['nfe']}"))
     prov = {"results": ", ".join(sources), **provenance(rows)}
@@ -193,6 +210,12 @@ def leaderboard_document(entries: list[Entry], metric: str, at: dict[str, int], 
     text = (f"{len(entries)} entries (suite, model, sampler) ranked by `{metric}` ({better} is "
             f"better) at requested {where}, slice `{slice_}`, the newest row of each cell across "
             f"the results given. {RULE}")
+    counts = sorted({e.samples for e in entries if e.samples is not None})
+    if len(counts) > 1:
+        text += (f" The entries were computed from different numbers of samples "
+                 f"({', '.join(f'{c:,}' for c in counts)}): an estimate from N samples can depend "
+                 f"on N (FID is biased upwards at small N), so compare entries with equal counts "
+                 f"(`--samples N` ranks one count only).")
     return Document(f"Leaderboard: {metric} at {where}", prov, [Text(text), table])
 
 
@@ -204,7 +227,8 @@ def write_leaderboard(results: list[str | Path], metric: str, at: str, slice_: s
                       out: str | Path = "reports/leaderboard",
                       formats: str | list[str] | None = None,
                       ci_style: str = "brackets",
-                      eval_: str | None = None) -> tuple[Document, list[Path]]:
+                      eval_: str | None = None,
+                      samples: int | None = None) -> tuple[Document, list[Path]]:
     """Rank, then write ``out/leaderboard-<metric>-nfe<N>.{md,html,tex}``; return the document
     and the written paths. Every argument is checked before anything is written."""
     from bench.report import FORMATS, parse_formats, renderer
@@ -225,7 +249,10 @@ def write_leaderboard(results: list[str | Path], metric: str, at: str, slice_: s
     hib = metric_direction(metric)
     if not results:
         raise BenchError("RESULTS: give at least one results folder or Parquet file.")
-    sel = select(read_inputs(results), metric, where, slice_, eval_)
+    if samples is not None and samples < 1:
+        raise BenchError(f"--samples {samples}: a sample count is a whole number > 0; pass the "
+                         f"n_samples of the rows to rank, or leave --samples out.")
+    sel = select(read_inputs(results), metric, where, slice_, eval_, samples)
     entries = rank_rows(sel, hib)
     doc = leaderboard_document(entries, metric, where, slice_, [str(p) for p in results], sel)
     out = Path(out)
