@@ -141,7 +141,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise BenchError(f"--fit-min-nfe {args.fit_min_nfe}: must be >= 0; pass the smallest "
                          f"counted NFE to fit over, or leave it out.")
     for p in render(args.results, out, suite=args.suite, fit_min_nfe=args.fit_min_nfe,
-                    formats=args.format, ci_style=args.ci):
+                    formats=args.format, ci_style=args.ci, table=args.table):
         print(p)
     return 0
 
@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated output formats: md, html, latex (default: all three)")
     rep.add_argument("--ci", default="brackets", choices=("brackets", "pm"),
                      help="write intervals as 'value [low, high]' (default) or 'value ± half-width'")
+    rep.add_argument("--table", default=None, metavar="ROW,COL",
+                     help="the rows and columns of each metric's value tables, two of model, "
+                          "sampler, nfe, slice (default: sampler,nfe per model; e.g. "
+                          "sampler,model: one table per NFE)")
     rep.set_defaults(func=cmd_report)
 
     lb = sub.add_parser("leaderboard", help="rank (suite, model, sampler) entries of one metric "

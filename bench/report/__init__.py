@@ -226,17 +226,20 @@ def suite_document(sdf: pd.DataFrame, ctx, superseded: int = 0):
 
 def render(results: str | Path, out: str | Path, suite: str | None = None,
            fit_min_nfe: int | None = None, formats: str | list[str] | None = None,
-           ci_style: str = "brackets") -> list[Path]:
+           ci_style: str = "brackets", table: str | tuple[str, str] | None = None) -> list[Path]:
     """Write ``out/<suite>.{md,html,tex}`` and the PNG figures; return the written paths.
 
-    ``fit_min_nfe`` defaults to the suite's ``report: {fit_min_nfe: N}``, else 0.
+    ``fit_min_nfe`` defaults to the suite's ``report: {fit_min_nfe: N}``, else 0. ``table``
+    ('ROW,COL', ``sections.TABLE_AXES``) lays out the metrics' value tables (default
+    sampler x NFE per model).
     """
     from bench.registry import load_all
     from bench.report.blocks import CI_STYLES
-    from bench.report.sections import ReportContext
+    from bench.report.sections import ReportContext, parse_table
 
     load_all()
     fmts = parse_formats(formats)
+    layout = parse_table(table)
     if ci_style not in CI_STYLES:
         raise BenchError(f"--ci {ci_style!r}: use one of {', '.join(CI_STYLES)}.")
     df = load_results(results, suite)
@@ -248,7 +251,7 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     for suite_name, sdf in df.groupby("suite", sort=True):
         galleries = tuple(suite_report_options(results, str(suite_name)).get("galleries") or ())
         ctx = ReportContext(Path(results), out, str(suite_name), min_nfes[suite_name], _slug,
-                            galleries)
+                            galleries, layout)
         doc = suite_document(sdf, ctx,
                              df.attrs.get("superseded", {}).get(suite_name, 0))
         figures = [b.path for b in doc.blocks if hasattr(b, "path")]

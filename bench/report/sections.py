@@ -15,8 +15,36 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from bench.errors import BenchError
 from bench.report.blocks import Block, Figure, Heading, Table, Text, Value, mark_best
 from bench.report.tables import fmt, fmt_value, nonfinite_rows, slopes
+
+#: the row columns a metric's value table can be laid out by (``bench report --table ROW,COL``)
+TABLE_AXES = ("model", "sampler", "nfe", "slice")
+#: the default layout: per model, sampler x requested NFE
+DEFAULT_TABLE = ("sampler", "nfe")
+
+
+def parse_table(spec: str | tuple[str, str] | None) -> tuple[str, str]:
+    """``'ROW,COL'`` -> (ROW, COL): two different names of ``TABLE_AXES`` (None: the default)."""
+    if spec is None:
+        return DEFAULT_TABLE
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec)]
+    if len(parts) != 2 or len(set(parts)) != 2 or not set(parts) <= set(TABLE_AXES):
+        shown = spec if isinstance(spec, str) else ",".join(spec)
+        raise BenchError(f"--table {shown!r}: give two different columns, the table's rows then "
+                         f"its columns, from {', '.join(TABLE_AXES)} (e.g. --table sampler,nfe, "
+                         f"the default, or --table sampler,model).")
+    return parts[0], parts[1]
+
+
+def axis_name(axis: str) -> str:
+    return "NFE" if axis == "nfe" else axis
+
+
+def axis_value(axis: str, v: Any) -> str:
+    """A column header of a value table: 'NFE 20' for an NFE, the value itself otherwise."""
+    return f"NFE {v}" if axis == "nfe" else str(v)
 
 
 @dataclass
@@ -28,6 +56,8 @@ class ReportContext:
     slug: Callable[[str], str]
     #: the suite's ``report: {galleries: [...]}``: cell patterns whose galleries are shown (all if empty)
     galleries: tuple[str, ...] = ()
+    #: the (rows, columns) of the metrics' value tables (``bench report --table``)
+    table: tuple[str, str] = DEFAULT_TABLE
 
 
 def direction(metric: str) -> bool | None:
@@ -63,24 +93,52 @@ def provenance(sdf: pd.DataFrame) -> dict[str, str]:
             "feature extractor weights": vals("weights_sha256"), "reference statistics": vals("ref_id")}
 
 
-def value_table(g: pd.DataFrame, metric: str) -> Table:
-    """Sampler x requested NFE of one metric: values with their intervals, best marked."""
-    nfes = sorted(g["nfe"].unique())
-    rows: list[list[Any]] = []
-    for sampler, s in g.groupby("sampler", sort=True):
-        cells: list[Any] = [str(sampler)]
-        for n in nfes:
-            r = s[s["nfe"] == n]
+def value_table(g: pd.DataFrame, metric: str, rows: str = "sampler", cols: str = "nfe",
+                key: str | None = None) -> Table:
+    """ROWS x COLS of one metric (default: sampler x requested NFE), values with their
+    intervals, the best of each column marked. ``g`` holds at most one row per (ROWS, COLS)."""
+    col_values = sorted(g[cols].unique())
+    out: list[list[Any]] = []
+    for rv, s in g.groupby(rows, sort=True):
+        cells: list[Any] = [str(rv)]
+        for cv in col_values:
+            r = s[s[cols] == cv]
             if r.empty:
                 cells.append("–")
                 continue
             r = r.iloc[0]
-            note = f"(NFE {int(r['nfe_counted'])})" if int(r["nfe_counted"]) != int(n) else ""
+            note = (f"(NFE {int(r['nfe_counted'])})"
+                    if int(r["nfe_counted"]) != int(r["nfe"]) else "")
             cells.append(Value(float(r["value"]), float(r["ci_low"]), float(r["ci_high"]), note))
-        rows.append(cells)
-    return mark_best(Table(["sampler"] + [f"NFE {n}" for n in nfes], rows,
+        out.append(cells)
+    return mark_best(Table([axis_name(rows)] + [axis_value(cols, c) for c in col_values], out,
                            caption=interval_caption(metric), higher_is_better=direction(metric),
-                           key=metric))
+                           key=key or metric))
+
+
+def chosen_tables(df: pd.DataFrame, table: tuple[str, str], slug: Callable[[str], str]
+                  ) -> list[Block]:
+    """Per metric, ROWS x COLS tables (``bench report --table ROW,COL`` with a row or column
+    that is not a model's sampler or NFE: model or slice), one per value of the other axes
+    (the slice is 'all' unless it is one of the two)."""
+    rows_ax, cols_ax = table
+    rest = [a for a in TABLE_AXES if a not in table and a != "slice"]
+    if "slice" not in table:
+        df = df[df["slice"] == "all"]
+    out: list[Block] = []
+    for metric, g in df.groupby("metric", sort=True):
+        out += [Heading(f"{metric}: {axis_name(rows_ax)} × {axis_name(cols_ax)}"),
+                Text(f"One table per {' and '.join(axis_name(a) for a in rest)}"
+                     f"{'' if 'slice' in table else ', slice all'} (`bench report --table "
+                     f"{rows_ax},{cols_ax}`); {interval_caption(metric)}.")]
+        for vals, h in g.groupby(rest, sort=True):
+            vals = vals if isinstance(vals, tuple) else (vals,)
+            where = ", ".join(f"{axis_name(a)} {v}" for a, v in zip(rest, vals))
+            t = value_table(h, metric, rows_ax, cols_ax,
+                            key=slug(f"{metric}-{rows_ax}-{cols_ax}-{where}"))
+            t.caption = f"{where}. {t.caption}"
+            out.append(t)
+    return out
 
 
 def cost_table(g: pd.DataFrame) -> Table:
@@ -97,9 +155,10 @@ def cost_table(g: pd.DataFrame) -> Table:
 def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     """Sharded evals (nfe_curve, fidelity): with CLIPScore rows first the text-to-image views
     (``bench.report.t2i``: the guidance trade-off, per category and per prompt), with
-    uncertainty-filter rows their table (``bench.report.bayesdiff``), then per
-    (model, metric) a sampler x NFE table, the fitted convergence slopes, a log-log plot with
-    interval bands, and the cost."""
+    uncertainty-filter rows their table (``bench.report.bayesdiff``), with a ``--table`` over
+    models or slices those tables (``chosen_tables``), then per (model, metric) a sampler x NFE
+    table (or the ``--table`` layout of sampler and NFE), the fitted convergence slopes, a
+    log-log plot with interval bands, and the cost."""
     from bench.report.plots import nfe_plot
     from bench.report.t2i import t2i_sections
     from bench.samplers import sampler_info
@@ -108,13 +167,17 @@ def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     from bench.report.bayesdiff import filter_metrics, filter_sections
 
     out: list[Block] = t2i_sections(sdf, ctx) + filter_sections(sdf, ctx)
-    sampled = sdf[(sdf["slice"] == "all") & ~sdf["metric"].isin(filter_metrics())]
+    metrics = sdf[~sdf["metric"].isin(filter_metrics())]
+    per_model = "model" not in ctx.table and "slice" not in ctx.table
+    if not per_model:
+        out += chosen_tables(metrics, ctx.table, ctx.slug)
+    sampled = metrics[metrics["slice"] == "all"]
     for (model, metric), g in sampled.groupby(["model", "metric"], sort=True):
         out += [Heading(f"{model} — {metric}"),
                 Text(f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
                      f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
                      f"{interval_caption(metric)}."),
-                value_table(g, metric)]
+                value_table(g, metric, *(ctx.table if per_model else DEFAULT_TABLE))]
         bad = nonfinite_rows(g)
         if len(bad):
             out.append(Text(f"{len(bad)} value(s) are not finite (NaN or inf: " + ", ".join(
