@@ -154,6 +154,8 @@ class ClipScore(Metric):
     outputs: ClassVar[dict[str, Output]] = {"clipscore": Output(
         True, INTERVAL, "CLIP image-prompt agreement (conventions in ref_id)")}
     needs_images = True
+    #: the report's text-to-image views (guidance trade-off, per category and per prompt)
+    report_sections = "bench.report.t2i:t2i_sections"
     param_defaults: ClassVar[dict[str, Any]] = {
         "clip": None, "arch": "ViT-B-32", "convention": "torchmetrics", "scale": None,
         "clamp": None, "prefix": None, "long_prompts": "error", "batch_size": 32}

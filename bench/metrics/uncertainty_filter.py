@@ -79,6 +79,10 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[floa
                   "drop_above_std, draws, k)")
 class UncertaintyFilter(PoolFeatureMetric):
     name = "uncertainty_filter"
+    #: the report's filtering table; the rows are one number per cell, not curves over NFE, so
+    #: the per-metric sampler x NFE tables leave them out
+    report_sections = "bench.report.bayesdiff:filter_sections"
+    report_tables = False
     outputs = {
         "filter_fid_diff": Output(False, _NULL),
         "filter_precision_diff": Output(True, _NULL),

@@ -2,9 +2,10 @@
 2024): one table of the filter's rows (``bench.metrics.uncertainty_filter``) per model, a row
 per (sampler, NFE) cell that has them.
 
-``sections.sampled_sections`` puts it first when the rows hold the filter's metrics and leaves
-those metrics out of its per-metric tables (a filter row is one number per cell, not a curve
-over NFE). Columns: the rule and how many samples it kept; the cell's FID over all samples (the
+The filter metric names ``filter_sections`` as its ``report_sections`` (and sets
+``report_tables = False``), so ``sections.sampled_sections`` puts it first when the rows hold
+the filter's metrics and leaves those metrics out of its per-metric tables (a filter row is one
+number per cell, not a curve over NFE). Columns: the rule and how many samples it kept; the cell's FID over all samples (the
 ``fid`` row, when the eval measured it); FID of the kept set; the mean FID of random subsets of
 as many samples with their 2.5-97.5% spread; the differences kept minus random of FID,
 precision and recall with their 2.5-97.5% bands; Spearman's rho of the uncertainty with the

@@ -152,22 +152,45 @@ def cost_table(g: pd.DataFrame) -> Table:
                   "time in model"], rows, caption="Cost of each cell.", key="cost")
 
 
+def metric_sections(sdf: pd.DataFrame) -> tuple[list[Callable[..., list[Block]]], set[str]]:
+    """The section builders of the metrics whose rows ``sdf`` holds, in metric name order (a
+    metric class's ``report_sections``, "module:function", called with the eval's rows and the
+    context), and the row names the per-metric tables leave out (the outputs of a metric whose
+    ``report_tables`` is False: its own section shows them)."""
+    import importlib
+
+    from bench.registry import METRICS
+
+    present = set(sdf["metric"])
+    builders, own_rows = [], set()
+    for entry in METRICS:
+        cls = entry.load()
+        outputs = set(getattr(cls, "outputs", {}))
+        if not outputs & present:
+            continue
+        target = getattr(cls, "report_sections", None)
+        if target:
+            module, attr = target.split(":")
+            builders.append(getattr(importlib.import_module(module), attr))
+        if not getattr(cls, "report_tables", True):
+            own_rows |= outputs
+    return builders, own_rows
+
+
 def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
-    """Sharded evals (nfe_curve, fidelity): with CLIPScore rows first the text-to-image views
-    (``bench.report.t2i``: the guidance trade-off, per category and per prompt), with
-    uncertainty-filter rows their table (``bench.report.bayesdiff``), with a ``--table`` over
+    """Sharded evals (nfe_curve, fidelity): first the sections of the metrics that render their
+    own (``metric_sections``: CLIPScore's text-to-image views, ``bench.report.t2i``; the
+    uncertainty filter's table, ``bench.report.bayesdiff``), with a ``--table`` over
     models or slices those tables (``chosen_tables``), then per (model, metric) a sampler x NFE
     table (or the ``--table`` layout of sampler and NFE), the fitted convergence slopes, a
     log-log plot with interval bands, and the cost."""
     from bench.report.plots import nfe_plot
-    from bench.report.t2i import t2i_sections
     from bench.samplers import sampler_info
     from bench.metrics.base import find_output
 
-    from bench.report.bayesdiff import filter_metrics, filter_sections
-
-    out: list[Block] = t2i_sections(sdf, ctx) + filter_sections(sdf, ctx)
-    metrics = sdf[~sdf["metric"].isin(filter_metrics())]
+    builders, own_rows = metric_sections(sdf)
+    out: list[Block] = [b for build in builders for b in build(sdf, ctx)]
+    metrics = sdf[~sdf["metric"].isin(own_rows)]
     per_model = "model" not in ctx.table and "slice" not in ctx.table
     if not per_model:
         out += chosen_tables(metrics, ctx.table, ctx.slug)

@@ -1,10 +1,9 @@
 """Text-to-image sections of a sampled eval's report (fidelity): the guidance trade-off and the
 per-prompt view.
 
+The CLIPScore metric names ``t2i_sections`` as its ``report_sections``, so
 ``sections.sampled_sections`` puts them first when the eval's rows hold the prompt-agreement
-metric (``AGREEMENT``, CLIPScore); a report without it is unchanged. (They hook into the report
-code, not the eval class: the eval's source is part of its cells' keys, so editing it would
-invalidate every stored fidelity result.)
+metric (``AGREEMENT``); a report without it is unchanged.
 
 Models are grouped into *bases*: the rows' ``model_name`` and ``model_params`` without
 ``guidance.scale`` (JSON, as the suite wrote them). The members of a base differ only in the
