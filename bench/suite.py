@@ -45,7 +45,7 @@ TOP_LEVEL = {
     "conditions": "{classes: balanced|N|[..]} or {prompts: [..]|FILE, images_per_prompt, "
                   "negative_prompt, text_column, id_column, category_column}",
     "executor": "{name: debug|local|slurm, ...} default executor and its parameters",
-    "report": "{fit_min_nfe: N, galleries: [PATTERN, ...]} options for bench report",
+    "report": "{fit_min_nfe: N, galleries: [PATTERN, ...], table: [ROW, COL]} options for bench report",
 }
 REQUIRED = ("name", "models", "samplers", "evals")
 #: a model entry's transforms: field -> (the module that checks and applies it, label suffix)
@@ -604,10 +604,20 @@ def validate(data: dict[str, Any], source: str) -> Suite:
                                  "give a list of cell patterns MODEL/SAMPLER/nfeN with * "
                                  "wildcards, e.g. ['*/dpmpp_2m/nfe25'].")
             continue
+        if k == "table":
+            from bench.report.sections import TABLE_AXES
+
+            if (not isinstance(v, list) or len(v) != 2 or len(set(map(str, v))) != 2
+                    or not all(x in TABLE_AXES for x in v)):
+                raise SuiteError(source, "report.table", f"is {v!r}.",
+                                 f"give the value tables' rows and columns, two different names "
+                                 f"of {', '.join(TABLE_AXES)}, e.g. [sampler, model].")
+            continue
         if k != "fit_min_nfe":
             raise SuiteError(source, f"report.{k}", "is not a report option.",
                              "use: fit_min_nfe (fit convergence slopes over NFE >= this), "
-                             "galleries (the cells whose sample galleries the report shows).")
+                             "galleries (the cells whose sample galleries the report shows), "
+                             "table (the rows and columns of the value tables).")
         _check_int(source, "report.fit_min_nfe", v, 0)
     suite = Suite(name, source, d)
     suite.models = _entries(source, "models", d["models"], MODELS, tuple(MODEL_TRANSFORMS),

@@ -133,3 +133,23 @@ def test_cli_layout_in_all_formats_and_latex_compiles(cli, write_suite, tmp_path
     if pdflatex_reason() is None:
         r, pdf = compile_input(out, "tiny.tex")
         assert r.returncode == 0, log_errors(r)
+
+
+def test_the_suite_can_choose_its_layout(cli, write_suite, tmp_path):
+    suite = write_suite(small_suite(samplers=["ddim", "heun"], report={"table": ["nfe", "sampler"]}))
+    res = tmp_path / "res"
+    assert cli("run", suite, "--results", res)[0] == 0
+    code, _, err = cli("report", res, "--out", tmp_path / "own", "--format", "md")
+    assert code == 0, err
+    assert "| NFE | ddim | heun |" in (tmp_path / "own" / "tiny.md").read_text()
+    code, _, err = cli("report", res, "--out", tmp_path / "over", "--format", "md",
+                       "--table", "sampler,nfe")  # the option overrides the suite's choice
+    assert code == 0, err
+    assert "| sampler | NFE 10 | NFE 20 |" in (tmp_path / "over" / "tiny.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [["nfe"], ["nfe", "nfe"], ["nfe", "guidance"], "sampler,nfe"])
+def test_a_bad_suite_layout_is_a_plan_error(cli, write_suite, tmp_path, bad):
+    suite = write_suite(small_suite(report={"table": bad}))
+    code, _, err = cli("plan", suite)
+    assert code == 2 and "report.table" in err and "model, sampler, nfe, slice" in err, err

@@ -230,8 +230,8 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     """Write ``out/<suite>.{md,html,tex}`` and the PNG figures; return the written paths.
 
     ``fit_min_nfe`` defaults to the suite's ``report: {fit_min_nfe: N}``, else 0. ``table``
-    ('ROW,COL', ``sections.TABLE_AXES``) lays out the metrics' value tables (default
-    sampler x NFE per model).
+    ('ROW,COL', ``sections.TABLE_AXES``) lays out the metrics' value tables; it defaults to the
+    suite's ``report: {table: [ROW, COL]}``, else sampler x NFE per model.
     """
     from bench.registry import load_all
     from bench.report.blocks import CI_STYLES
@@ -239,19 +239,21 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
 
     load_all()
     fmts = parse_formats(formats)
-    layout = parse_table(table)
     if ci_style not in CI_STYLES:
         raise BenchError(f"--ci {ci_style!r}: use one of {', '.join(CI_STYLES)}.")
     df = load_results(results, suite)
     min_nfes = {name: fit_min_nfe if fit_min_nfe is not None else _fit_min_nfe(results, name)
                 for name in sorted(df["suite"].unique())}  # checked before anything is written
+    layouts = {name: parse_table(table if table is not None
+                                 else suite_report_options(results, name).get("table"))
+               for name in min_nfes}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for suite_name, sdf in df.groupby("suite", sort=True):
         galleries = tuple(suite_report_options(results, str(suite_name)).get("galleries") or ())
         ctx = ReportContext(Path(results), out, str(suite_name), min_nfes[suite_name], _slug,
-                            galleries, layout)
+                            galleries, layouts[suite_name])
         doc = suite_document(sdf, ctx,
                              df.attrs.get("superseded", {}).get(suite_name, 0))
         figures = [b.path for b in doc.blocks if hasattr(b, "path")]
