@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench.report.blocks import Table, Value
+from bench.report.blocks import Heading, Table, Value
 from conftest import small_suite
 from support.latex import compile_input, log_errors, pdflatex_reason
 from test_report_t2i import SUITE, row
@@ -72,6 +72,9 @@ def fake(tmp_path_factory):
 
 def test_sampler_by_model_one_table_per_nfe(fake, tmp_path):
     doc = document(fake, tmp_path / "out", "sampler,model")
+    heads = [b.text for b in doc.blocks if isinstance(b, Heading)]
+    fid = heads.index("fid: sampler × model")
+    assert heads[fid + 1:fid + 3] == ["NFE 10", "NFE 20"]  # each table says which NFE it holds
     for metric, hib in (("fid", False), ("precision", True)):
         chosen = [t for t in all_tables(doc) if t.key.startswith(f"{metric}-sampler-model-")]
         assert [t.caption.split(".")[0] for t in chosen] == ["NFE 10", "NFE 20"]
