@@ -75,6 +75,12 @@ def test_sampler_by_model_one_table_per_nfe(fake, tmp_path):
     heads = [b.text for b in doc.blocks if isinstance(b, Heading)]
     fid = heads.index("fid: sampler × model")
     assert heads[fid + 1:fid + 3] == ["NFE 10", "NFE 20"]  # each table says which NFE it holds
+    from bench.report.render_latex import render_latex
+    from bench.report.render_md import render_md
+
+    assert "### NFE 10" in render_md(doc)  # Markdown shows no captions: a heading says it
+    tex = render_latex(doc)  # LaTeX floats tables away from headings: the caption says it
+    assert "{NFE 10}" not in tex and "NFE 10. fid (lower is better)" in tex
     for metric, hib in (("fid", False), ("precision", True)):
         chosen = [t for t in all_tables(doc) if t.key.startswith(f"{metric}-sampler-model-")]
         assert [t.caption.split(".")[0] for t in chosen] == ["NFE 10", "NFE 20"]

@@ -27,6 +27,8 @@ CI_STYLES = ("brackets", "pm")
 class Heading:
     text: str
     level: int = 2
+    #: the formats that show it ("md", "html", "latex"); None: every format
+    formats: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -137,7 +137,7 @@ def chosen_tables(df: pd.DataFrame, table: tuple[str, str], slug: Callable[[str]
             t = value_table(h, metric, rows_ax, cols_ax,
                             key=slug(f"{metric}-{rows_ax}-{cols_ax}-{where}"))
             t.caption = f"{where}. {t.caption}"
-            out += [Heading(where, 3), t]
+            out += [Heading(where, 3, formats=("md",)), t]  # elsewhere the caption says it
     return out
 
 
