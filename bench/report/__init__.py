@@ -161,9 +161,10 @@ def suite_report_options(results: str | Path, suite: str) -> dict:
     return {}
 
 
-def _fit_min_nfe(results: str | Path, suite: str) -> int:
-    """The suite's ``report: {fit_min_nfe: N}`` as its newest run recorded it (0 if unset)."""
-    v = suite_report_options(results, suite).get("fit_min_nfe", 0)
+def _fit_min_nfe(options: dict, results: str | Path, suite: str) -> int:
+    """The suite's ``report: {fit_min_nfe: N}`` (``options``, as its newest run in ``results``
+    recorded them; 0 if unset)."""
+    v = options.get("fit_min_nfe", 0)
     if v is None:
         return 0
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -242,16 +243,17 @@ def render(results: str | Path, out: str | Path, suite: str | None = None,
     if ci_style not in CI_STYLES:
         raise BenchError(f"--ci {ci_style!r}: use one of {', '.join(CI_STYLES)}.")
     df = load_results(results, suite)
-    min_nfes = {name: fit_min_nfe if fit_min_nfe is not None else _fit_min_nfe(results, name)
-                for name in sorted(df["suite"].unique())}  # checked before anything is written
-    layouts = {name: parse_table(table if table is not None
-                                 else suite_report_options(results, name).get("table"))
-               for name in min_nfes}
+    options = {name: suite_report_options(results, name) for name in sorted(df["suite"].unique())}
+    # checked before anything is written
+    min_nfes = {name: fit_min_nfe if fit_min_nfe is not None else _fit_min_nfe(o, results, name)
+                for name, o in options.items()}
+    layouts = {name: parse_table(table if table is not None else o.get("table"))
+               for name, o in options.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for suite_name, sdf in df.groupby("suite", sort=True):
-        galleries = tuple(suite_report_options(results, str(suite_name)).get("galleries") or ())
+        galleries = tuple(options[suite_name].get("galleries") or ())
         ctx = ReportContext(Path(results), out, str(suite_name), min_nfes[suite_name], _slug,
                             galleries, layouts[suite_name])
         doc = suite_document(sdf, ctx,
