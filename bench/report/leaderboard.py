@@ -144,12 +144,10 @@ def select(df: pd.DataFrame, metric: str, at: dict[str, int], slice_: str,
     else:
         sel = at_nfe
     if samples is not None:
-        counts = sel["n_samples"] if "n_samples" in sel else pd.Series(dtype=float)
-        by_n = sel[counts == samples]
+        by_n = sel[sel["n_samples"] == samples]
         if by_n.empty:
             raise BenchError(f"--samples {samples}: no {metric} rows at NFE {at['nfe']} from this "
-                             f"many samples; their sample counts are: "
-                             f"{listed('n_samples', sel) if 'n_samples' in sel else 'none'}.")
+                             f"many samples; their sample counts are: {listed('n_samples', sel)}.")
         sel = by_n
     dup = sel[sel.duplicated(["suite", "model", "sampler"], keep=False)]
     if len(dup):
