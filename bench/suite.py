@@ -605,10 +605,9 @@ def validate(data: dict[str, Any], source: str) -> Suite:
                                  "wildcards, e.g. ['*/dpmpp_2m/nfe25'].")
             continue
         if k == "table":
-            from bench.report.sections import TABLE_AXES
+            from bench.report.sections import TABLE_AXES, is_table
 
-            if (not isinstance(v, list) or len(v) != 2 or len(set(map(str, v))) != 2
-                    or not all(x in TABLE_AXES for x in v)):
+            if not isinstance(v, list) or not is_table(v):
                 raise SuiteError(source, "report.table", f"is {v!r}.",
                                  f"give the value tables' rows and columns, two different names "
                                  f"of {', '.join(TABLE_AXES)}, e.g. [sampler, model].")

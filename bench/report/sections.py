@@ -25,12 +25,18 @@ TABLE_AXES = ("model", "sampler", "nfe", "slice")
 DEFAULT_TABLE = ("sampler", "nfe")
 
 
+def is_table(parts: Any) -> bool:
+    """Whether ``parts`` is a layout: a list or tuple of two different names of ``TABLE_AXES``."""
+    return (isinstance(parts, (list, tuple)) and len(parts) == 2 and parts[0] != parts[1]
+            and all(isinstance(p, str) and p in TABLE_AXES for p in parts))
+
+
 def parse_table(spec: str | tuple[str, str] | None) -> tuple[str, str]:
     """``'ROW,COL'`` -> (ROW, COL): two different names of ``TABLE_AXES`` (None: the default)."""
     if spec is None:
         return DEFAULT_TABLE
     parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec)]
-    if len(parts) != 2 or len(set(parts)) != 2 or not set(parts) <= set(TABLE_AXES):
+    if not is_table(parts):
         shown = spec if isinstance(spec, str) else ",".join(spec)
         raise BenchError(f"--table {shown!r}: give two different columns, the table's rows then "
                          f"its columns, from {', '.join(TABLE_AXES)} (e.g. --table sampler,nfe, "
