@@ -118,37 +118,29 @@ def select(df: pd.DataFrame, metric: str, at: dict[str, int], slice_: str,
     def listed(col: str, d: pd.DataFrame) -> str:
         return ", ".join(str(v) for v in sorted(d[col].dropna().unique())) or "none"
 
-    rows = df[df["metric"] == metric]
-    if rows.empty:
-        raise BenchError(f"--metric {metric!r}: no rows of this metric in the results given; "
-                         f"their metrics are: {listed('metric', df)}.")
+    def narrow(d: pd.DataFrame, col: str, value: object, message: str) -> pd.DataFrame:
+        """The rows of ``d`` whose ``col`` is ``value``; none: a BenchError, ``message`` then
+        the values ``col`` has."""
+        kept = d[d[col] == value]
+        if kept.empty:
+            raise BenchError(f"{message}: {listed(col, d)}.")
+        return kept
+
+    rows = narrow(df, "metric", metric, f"--metric {metric!r}: no rows of this metric in the "
+                  f"results given; their metrics are")
     if eval_ is not None:
-        by_eval = rows[rows["eval"] == eval_]
-        if by_eval.empty:
-            raise BenchError(f"--eval {eval_!r}: no {metric} rows of this eval; the evals with "
-                             f"{metric} rows are: {listed('eval', rows)}.")
-        rows = by_eval
-    by_slice = rows[rows["slice"] == slice_]
-    if by_slice.empty:
-        raise BenchError(f"--slice {slice_!r}: no {metric} rows of this slice; the slices of "
-                         f"{metric} are: {listed('slice', rows)}.")
-    at_nfe = by_slice[by_slice["nfe"] == at["nfe"]]
-    if at_nfe.empty:
-        raise BenchError(f"--at nfe={at['nfe']}: no {metric} rows at this NFE (slice {slice_}); "
-                         f"the requested NFEs of {metric} are: {listed('nfe', by_slice)}.")
+        rows = narrow(rows, "eval", eval_, f"--eval {eval_!r}: no {metric} rows of this eval; "
+                      f"the evals with {metric} rows are")
+    by_slice = narrow(rows, "slice", slice_, f"--slice {slice_!r}: no {metric} rows of this "
+                      f"slice; the slices of {metric} are")
+    sel = narrow(by_slice, "nfe", at["nfe"], f"--at nfe={at['nfe']}: no {metric} rows at this "
+                 f"NFE (slice {slice_}); the requested NFEs of {metric} are")
     if "step" in at:
-        sel = at_nfe[at_nfe["step"] == at["step"]]
-        if sel.empty:
-            raise BenchError(f"--at step={at['step']}: no {metric} rows at NFE {at['nfe']} with "
-                             f"this step; their steps are: {listed('step', at_nfe)}.")
-    else:
-        sel = at_nfe
+        sel = narrow(sel, "step", at["step"], f"--at step={at['step']}: no {metric} rows at NFE "
+                     f"{at['nfe']} with this step; their steps are")
     if samples is not None:
-        by_n = sel[sel["n_samples"] == samples]
-        if by_n.empty:
-            raise BenchError(f"--samples {samples}: no {metric} rows at NFE {at['nfe']} from this "
-                             f"many samples; their sample counts are: {listed('n_samples', sel)}.")
-        sel = by_n
+        sel = narrow(sel, "n_samples", samples, f"--samples {samples}: no {metric} rows at NFE "
+                     f"{at['nfe']} from this many samples; their sample counts are")
     dup = sel[sel.duplicated(["suite", "model", "sampler"], keep=False)]
     if len(dup):
         first = dup.iloc[0]
