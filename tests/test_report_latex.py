@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from bench.report.blocks import Document, Figure, Heading, Table, Text, Value, format_value, mark_best
+from bench.report.blocks import (Document, Figure, Heading, Table, Text, Value, figure_heading,
+                                 format_value, mark_best)
 from bench.report.render_latex import escape, inline, render_latex
 from conftest import small_suite
-from support.latex import (compile_input, first_page_png, is_blank, log_errors, pdflatex_reason,
-                           rasterizer_reason)
+from support.latex import (compile_input, first_page_png, is_blank, log_errors, pdf_text,
+                           pdflatex_reason, pdftotext_reason, rasterizer_reason)
 
 
 def need_pdflatex() -> None:
@@ -105,6 +106,35 @@ def test_awkward_document_compiles(tmp_path):
     tex = (tmp_path / "tricky.tex").read_text()
     assert r"\resizebox" in tex and r"\label{tab:wide-2}" in tex
     assert "multiply defined" not in r.stdout  # repeated keys get distinct labels
+
+
+def test_floats_stay_in_their_section(tmp_path):
+    """Tall figures that cannot all fit on the page of their heading are placed before the next
+    section starts and before what follows the \\input, not after them; a heading that only
+    names its figure is left to the figure's caption."""
+    need_pdflatex()
+    reason = pdftotext_reason()
+    if reason:
+        pytest.skip(reason)
+    from PIL import Image
+
+    Image.new("RGB", (40, 60), (30, 30, 200)).save(tmp_path / "tall.png")  # 1.5 x \linewidth high
+    blocks = [Heading("Alpha section"), Text("alpha text")]
+    for i in range(3):
+        blocks += [figure_heading(f"gallery {i}"), Figure(tmp_path / "tall.png", f"alphafig{i}")]
+    blocks += [Heading("Beta section"), Text("betatext"),
+               Figure(tmp_path / "tall.png", "betafig")]
+    (tmp_path / "floats.tex").write_text(render_latex(Document("Floats", {}, blocks)) +
+                                         "\nafterinput\n")
+    r, pdf = compile_input(tmp_path, "floats.tex")
+    assert r.returncode == 0, log_errors(r)
+    text = pdf_text(pdf)
+    where = {w: text.find(w) for w in ("alphafig0", "alphafig1", "alphafig2", "Beta section",
+                                       "betafig", "afterinput")}
+    assert all(i >= 0 for i in where.values()), where
+    assert max(where[f"alphafig{i}"] for i in range(3)) < where["Beta section"], where
+    assert where["betafig"] < where["afterinput"], where
+    assert "gallery 0" not in text  # the caption names the figure in LaTeX
 
 
 def test_tiny_suite_report_compiles_to_a_non_blank_page(cli, write_suite, tmp_path):

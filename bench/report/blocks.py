@@ -86,6 +86,13 @@ class Document:
     blocks: list[Block] = field(default_factory=list)
 
 
+def figure_heading(text: str) -> Heading:
+    """A level-3 heading that only names the figure after it: Markdown and HTML show it; LaTeX
+    does not, since it floats figures away from their headings (a page of headings with no
+    figure under them) and the figure's caption names it there."""
+    return Heading(text, 3, formats=("md", "html"))
+
+
 def shown(block: Block, fmt: str) -> bool:
     """Whether the renderer of ``fmt`` writes the block (``formats``)."""
     formats = getattr(block, "formats", None)

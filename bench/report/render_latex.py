@@ -7,7 +7,9 @@ mapped to a LaTeX command (en/em dash, ±, accents, Greek letters, ...), so it c
 pdflatex whatever the input encoding. Tables are ``table`` floats (booktabs rules, first column
 left-aligned, the best value of each column bold and the values whose interval overlaps it
 underlined, a caption that says what the interval is); figures are ``figure`` floats of the PNG
-written beside the file.
+written beside the file. Floats stay in their section: before each section heading, and at the
+end, ``\\benchfloatbarrier`` (placeins' ``\\FloatBarrier`` without the package, defined by the
+file) puts the floats still waiting on pages of their own before what follows.
 """
 
 from __future__ import annotations
@@ -200,12 +202,20 @@ def figure_tex(f: Figure, used: set[str]) -> str:
 
 _SECTION = {1: "section", 2: "subsection", 3: "subsubsection"}
 
+#: if floats are still waiting (deferred, or held for the bottom of this page), \clearpage
+#: places them now; else nothing (placeins' \FloatBarrier, Arseneau 1995)
+FLOAT_BARRIER = [r"\makeatletter",
+                 r"\providecommand\benchfloatbarrier{\par\begingroup\let\@elt\relax",
+                 r"  \edef\@tempa{\@botlist\@deferlist\@dbldeferlist}%",
+                 r"  \ifx\@tempa\@empty\endgroup\else\endgroup\clearpage\fi}",
+                 r"\makeatother"]
+
 
 def render_latex(doc: Document, style: str = "brackets") -> str:
     out = [r"% Needs \usepackage{booktabs,graphicx}; \input this file into a document.",
            r"% Figures are PNG files beside this file; \input from another folder needs "
            r"\graphicspath{{<this folder>/}}.",
-           rf"\section*{{{escape(doc.title)}}}", ""]
+           *FLOAT_BARRIER, rf"\section*{{{escape(doc.title)}}}", ""]
     if doc.provenance:  # ragged right, long hashes breakable: no overfull lines
         out += [r"\begin{flushleft}\small", "; ".join(
             rf"{escape(k)}: {breakable(v)}" for k, v in doc.provenance.items()) + ".",
@@ -216,6 +226,8 @@ def render_latex(doc: Document, style: str = "brackets") -> str:
             continue
         if isinstance(b, Heading):
             cmd = _SECTION.get(b.level, "paragraph")
+            if b.level <= 2:  # the previous section's floats go before this one
+                out.append(r"\benchfloatbarrier")
             out += [rf"\{cmd}*{{{inline(b.text)}}}", ""]
         elif isinstance(b, Text):
             out += [inline(b.text), ""]
@@ -223,4 +235,5 @@ def render_latex(doc: Document, style: str = "brackets") -> str:
             out += [table_tex(b, style, used), ""]
         elif isinstance(b, Figure):
             out += [figure_tex(b, used), ""]
+    out.append(r"\benchfloatbarrier")  # what follows the \input comes after the report's floats
     return "\n".join(out)

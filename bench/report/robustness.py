@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report.blocks import Block, Figure, Heading, Table, Text, Value, mark_best
+from bench.report.blocks import (Block, Figure, Heading, Table, Text, Value, figure_heading,
+                                 mark_best)
 from bench.report.sections import ReportContext, interval_caption
 
 #: successful attacks shown per cell in the galleries (greedy first, then by p-value)
@@ -203,9 +204,11 @@ def _gallery_blocks(ctx: ReportContext) -> list[Block]:
             continue
         png = ctx.out / f"{ctx.slug(ctx.suite)}_attacks_{folder.name}.png"
         pair_png(shown, f"{ctx.suite}: {folder.name.replace('__', ' / ')}", png)
-        out += [Heading(f"Successful attacks — {folder.name.replace('__', ' / ')}", 3),
-                Figure(png, "each row: the original prompt's images (left) and the adversarial "
-                            "prompt's (right), from the same initial noises")]
+        where = folder.name.replace("__", " / ")
+        out += [figure_heading(f"Successful attacks — {where}"),
+                Figure(png, f"successful attacks, {where}: each row the original prompt's images "
+                            "(left) and the adversarial prompt's (right), from the same initial "
+                            "noises")]
     return out
 
 

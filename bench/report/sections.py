@@ -16,7 +16,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.report.blocks import Block, Figure, Heading, Table, Text, Value, mark_best
+from bench.report.blocks import (Block, Figure, Heading, Table, Text, Value, figure_heading,
+                                 mark_best)
 from bench.report.tables import fmt, fmt_value, nonfinite_rows, slopes
 
 #: the row columns a metric's value table can be laid out by (``bench report --table ROW,COL``)
@@ -280,7 +281,7 @@ def gallery_sections(ctx: ReportContext) -> list[Block]:
                  f"its condition's id (as in the per-prompt table) and text.")
     head: list[Block] = [Heading("Samples"), Text(intro)]
     for name, png, grid in galleries:
-        head += [Heading(name, 3), Figure(png, f"samples: {name}" + (
+        head += [figure_heading(name), Figure(png, f"samples: {name}" + (
             " (by category; caption: condition id and text)" if grid else ""))]
     return head + out
 
@@ -297,5 +298,5 @@ def extremes_sections(ctx: ReportContext) -> list[Block]:
         "block) and the highest (bottom block, highest first), from all of the cell's samples; "
         "each image is captioned with its condition and value.")]
     for name, png, by in shown:
-        out += [Heading(name, 3), Figure(png, f"lowest and highest {by}: {name}")]
+        out += [figure_heading(name), Figure(png, f"lowest and highest {by}: {name}")]
     return out

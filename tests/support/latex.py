@@ -36,6 +36,17 @@ def rasterizer_reason() -> str | None:
     return ensure_packages("pdftoppm", "poppler-utils")
 
 
+def pdftotext_reason() -> str | None:
+    """None when ``pdftotext`` (poppler) is usable (installed if needed), else the skip reason."""
+    return ensure_packages("pdftotext", "poppler-utils")
+
+
+def pdf_text(pdf: Path) -> str:
+    """The PDF's text in page order (``pdftotext``); pages are separated by form feeds."""
+    return subprocess.run([which("pdftotext"), str(pdf), "-"], check=True, capture_output=True,
+                          text=True, errors="replace", timeout=120).stdout
+
+
 def compile_input(folder: Path, tex_name: str,
                   main: str = "main") -> tuple[subprocess.CompletedProcess, Path]:
     """Write ``folder/<main>.tex`` = a minimal article that ``\\input``s ``tex_name`` and run
