@@ -78,7 +78,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     check_executor(suite.source, suite["executor"], None)
     shards = plan(suite)
     store = ResultStore(args.results)
-    done = sum(store.shard_problem(c.key) is None for c in shards)  # read-only
+    stored = {k for k in {c.cell_key for c in shards} if store.rows_stored(suite.name, k)}
+    done = sum(c.cell_key in stored or store.shard_problem(c.key) is None for c in shards)  # read-only
     n_cells = len({c.cell_key for c in shards})
     print(f"suite {suite.name}: {len(suite.models)} model(s) x {len(suite.samplers)} sampler(s) x "
           f"{len(suite['nfe'])} NFE x {len(suite.evals)} eval(s): {n_cells} cell(s) in "

@@ -207,7 +207,10 @@ def run_suite(suite: Suite, results: str | Path, executor: str | None = None,
     store = ResultStore(results)
     run_id = new_run_id()
     summary = RunSummary(run_id, len(cells))
-    pending = [c for c in cells if not store.has_shard(c.key)]  # corrupt shards are moved aside
+    # a cell whose rows are stored is done, even where its shard files were removed (they hold
+    # features, which take room); the shards of other cells: corrupt ones are moved aside
+    stored = {k for k in {c.cell_key for c in cells} if store.has_rows(suite.name, k)}
+    pending = [c for c in cells if c.cell_key not in stored and not store.has_shard(c.key)]
     summary.cached = len(cells) - len(pending)
     manifest: dict[str, Any] = {
         "run_id": run_id, "suite": suite.name, "source": suite.source, "executor": name,
@@ -277,8 +280,16 @@ def shard_states(store: ResultStore, manifest: dict[str, Any]) -> list[dict[str,
     """pending / running / done / failed / corrupt for each shard of a run, with reasons
     (read-only: nothing is moved)."""
     out = []
+    cells = {c.get("cell_key", "") for c in manifest["shards"]}
+    stored = {k for k in cells if k and store.rows_stored(str(manifest.get("suite", "")), k)}
     for c in manifest["shards"]:
         row = {"shard": c["shard"], "key": c["key"], "state": "pending", "reason": ""}
+        if c.get("cell_key") in stored:
+            row["state"] = "done"
+            if not store.shard_path(c["key"]).is_file():
+                row["reason"] = "its cell's rows are stored (the shard file was removed)"
+            out.append(row)
+            continue
         problem = store.shard_problem(c["key"])
         failure = store.read_failure(c["key"])
         running = store.read_running(c["key"])

@@ -306,6 +306,16 @@ class ResultStore:
         quarantine(rows, self.root, f"its per-sample table '{samples}' is corrupt")
         return False
 
+    def rows_stored(self, suite: str, cell_key: str) -> bool:
+        """Whether the cell's rows (and per-sample table, if any) are stored and verify, read
+        only: nothing is moved (``bench status``)."""
+        try:
+            return table_ok(self.rows_path(suite, cell_key), ROW_SCHEMA) and (
+                not self.samples_path(suite, cell_key).is_file()
+                or table_ok(self.samples_path(suite, cell_key)))
+        except (CorruptFile, FileNotFoundError):
+            return False
+
     def read_rows(self, suite: str, cell_key: str) -> list[dict[str, Any]]:
         return read_table(self.rows_path(suite, cell_key), ROW_SCHEMA).to_pylist()
 

@@ -240,6 +240,8 @@ def test_corrupt_gallery_file_is_skipped_by_the_report(cli, tmp_path, write_suit
 def test_status_tells_a_corrupt_shard_from_a_missing_one(cli, clean, tmp_path):
     res = fresh_copy(clean, tmp_path)
     shards = sorted((res / "_shards").glob("*.npz"))
+    for p in res.glob("tiny/*.parquet"):  # a cell whose rows are stored needs no shard files
+        p.unlink()
     corrupt(shards[0], "flip")
     shards[1].unlink()
     code, out, _ = cli("status", "latest", "--results", res)
@@ -247,6 +249,33 @@ def test_status_tells_a_corrupt_shard_from_a_missing_one(cli, clean, tmp_path):
     assert code == 1 and "corrupt" in lines and "pending" in lines
     manifest = json.loads(one(res / "_runs").read_text())
     assert manifest["status"] == "finished"
+
+
+def test_a_cell_whose_rows_are_stored_is_not_recomputed_without_its_shards(cli, clean, tmp_path):
+    """Shard files hold features and may be removed once their cell's rows are written: a rerun
+    computes nothing and status calls them done; a cell whose rows go too is computed again."""
+    import shutil
+
+    res = fresh_copy(clean, tmp_path)
+    n_shards = len(list((res / "_shards").glob("*.npz")))
+    shutil.rmtree(res / "_shards")
+    code, out, _ = cli("plan", clean[0], "--results", res)
+    assert code == 0 and f"{n_shards} shard(s), {n_shards} already done" in out
+    code, out, err = cli("run", clean[0], "--results", res)
+    assert code == 0, err
+    assert "0 computed" in out and not list(res.glob("_shards/*.npz"))
+    assert_equal_to_clean(res, clean)
+    code, out, _ = cli("status", "latest", "--results", res)
+    states = [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
+    assert code == 0 and states.count("done") == n_shards and "shard file was removed" in out
+    cell = one(res / "tiny")
+    cell.unlink()  # its per-sample table stays: rewritten with the rows
+    code, out, err = cli("run", clean[0], "--results", res)
+    assert code == 0, err
+    per_cell = n_shards // len(list(clean[1].glob("tiny/*.parquet")))
+    assert f"{per_cell} computed" in out and "1 cell(s) written" in out
+    assert len(list(res.glob("_shards/*.npz"))) == per_cell
+    assert_equal_to_clean(res, clean)
 
 
 def test_report_and_compare_refuse_a_corrupt_result_file_and_flag_unverifiable_ones(cli, clean,
