@@ -343,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished shards are kept; rerun the same command to resume.",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (`bench status | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush of stdout cannot fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a process a pipe closed on
 
 
 if __name__ == "__main__":

@@ -136,3 +136,13 @@ def test_list_prints_every_entry_with_params(cli):
     assert "eta=0.0" in out and "rho=7.0" in out and "cov='diag'" in out
     code, out, _ = cli("list", "samplers")
     assert "gmm" not in out and "ddim" in out
+
+
+def test_output_piped_into_a_reader_that_leaves_early_ends_quietly():
+    """`bench list | head -1`: the closed pipe ends the command without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "list"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
