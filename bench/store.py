@@ -7,7 +7,8 @@ pyarrow skips names starting with ``_`` or ``.``)::
     DIR/_samples/<suite>/<cell_key>.parquet one row per generated sample of that cell
     DIR/_shards/<key>.npz          finished shard: metric state arrays + JSON meta
     DIR/_partial/<key>.npz         progress of an interrupted shard (state + next sample index)
-    DIR/_running/<key>.json        marker of a shard being computed (pid, host, Slurm job id)
+    DIR/_running/<key>.json        marker of a shard being computed (pid, host, Slurm job id);
+                                   <key>.json.takeover: held while a dead one is moved aside
     DIR/_failed/<key>.json         traceback of a shard that raised
     DIR/_runs/<run_id>.json        manifest of one `bench run`
     DIR/_cache/                    content-keyed caches (e.g. oracle ground truth)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -94,11 +96,10 @@ def pid_alive(pid: int) -> bool:
         return pid > 0
 
 
-def holder_alive(marker: dict[str, Any]) -> bool:
+def holder_alive(marker: dict[str, Any], stale_s: float | None = None) -> bool:
     """Whether the process a running marker names may still be computing: on this host, its pid
-    is alive (and is not this process); elsewhere, its heartbeat is recent."""
-    import socket
-
+    is alive (and is not this process); elsewhere, its heartbeat is more recent than ``stale_s``
+    (default STALE_S)."""
     try:
         pid = int(marker.get("pid", 0))
     except (TypeError, ValueError):
@@ -109,7 +110,7 @@ def holder_alive(marker: dict[str, Any]) -> bool:
     if marker.get("host") == socket.gethostname():
         return pid > 0 and pid != os.getpid() and pid_alive(pid)
     try:
-        return time.time() - float(marker.get("beat", 0)) < STALE_S
+        return time.time() - float(marker.get("beat", 0)) < (STALE_S if stale_s is None else stale_s)
     except (TypeError, ValueError):
         return False
 
@@ -162,6 +163,45 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+#: a takeover lock (held for the moment of moving a dead holder's marker aside) older than this
+#: whose owner is on another host is stale (seconds)
+TAKEOVER_STALE_S = 30.0
+
+
+def _link_new(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` if it does not exist, atomically and whole (written under a
+    temporary name, then hard-linked into place); False if it exists."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def _move_aside(path: Path) -> None:
+    """Remove ``path`` by renaming it to a unique hidden name first (atomic: of two processes
+    removing it, one does; a later file at ``path`` is never the one removed)."""
+    aside = path.parent / f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.gone"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    aside.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return out if isinstance(out, dict) else None
 
 
 class ResultStore:
@@ -243,23 +283,43 @@ class ResultStore:
         atomic_write(self.running_path(key),
                      lambda tmp: tmp.write_text(json.dumps({**info, "beat": time.time()})))
 
-    def claim(self, key: str, info: dict[str, Any]) -> dict[str, Any] | None:
+    def claim(self, key: str, info: dict[str, Any], wait_s: float = 60.0) -> dict[str, Any] | None:
         """Mark the shard as being computed by this process, unless another live process holds
         it: then return that holder's marker and write nothing. A marker whose holder is gone
-        (killed process, stopped heartbeat) is taken over."""
+        (killed process, stopped heartbeat) is moved aside and the claim tried again.
+
+        A marker appears whole: it is written under a temporary name and hard-linked into place,
+        which fails if one exists (an exclusive create that, unlike ``O_EXCL`` followed by a
+        write, never shows a rival claimer an empty file it would take for a dead holder's). A
+        dead holder's marker is moved aside only under the key's takeover lock (another such
+        exclusive file), so of several processes taking it over at once exactly one wins."""
         path = self.running_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # exclusive create: of two claimers started together, one wins
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps({**info, "beat": time.time()}))
-            return None
-        except FileExistsError:
+        lock = path.with_name(path.name + ".takeover")
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        holder: dict[str, Any] | None = None
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if _link_new(path, json.dumps({**info, "beat": time.time()})):
+                return None
             holder = self.read_running(key)
             if holder is not None and holder_alive(holder):
                 return holder
-        self.mark_running(key, info)
-        return None
+            if _link_new(lock, json.dumps({**me, "beat": time.time()})):
+                try:  # only the lock's owner moves a marker aside: a dead one, read again now
+                    # (a missing one is left alone: a rival may be creating it this moment)
+                    if path.exists() and not holder_alive(self.read_running(key) or {}):
+                        _move_aside(path)
+                finally:
+                    lock.unlink(missing_ok=True)
+                continue
+            owner = _read_json(lock)
+            if owner is not None and not holder_alive(owner, TAKEOVER_STALE_S):
+                _move_aside(lock)  # its owner died in the moment it held it
+            time.sleep(0.005)
+        # contended past the deadline: report it held; the run waits for the holder and claims
+        # the shard again in its next round if it was not stored
+        return holder if holder is not None else {**info, "pid": 0}
 
     def read_running(self, key: str) -> dict[str, Any] | None:
         p = self.running_path(key)

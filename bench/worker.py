@@ -89,6 +89,7 @@ class Heartbeat:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()
+        self.thread.join()  # no beat may rewrite the marker after the shard is stored
 
 
 def _run_one(shard: Shard, store: ResultStore, models: Models,

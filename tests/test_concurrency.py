@@ -4,8 +4,10 @@ its surviving jobs still compute instead of redoing them; results equal a clean 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -101,3 +103,79 @@ def test_a_shard_finished_between_the_check_and_the_claim_is_not_recomputed(tmp_
     out = _run_one(shard, store, models=None, runner=None)
     assert out == {"key": "0" * 20, "status": "done", "cached": True}
     assert not store.running_path("0" * 20).exists()
+
+
+def _claim_all(root: str, keys: list[str], start, out) -> None:
+    """Claim every key once, all claimers released together; report the keys this one won."""
+    from bench.store import ResultStore
+
+    store = ResultStore(root)
+    start.wait()
+    won = [k for k in keys if store.claim(k, {"pid": os.getpid(), "host": socket.gethostname()})
+           is None]
+    out.put((os.getpid(), won))
+
+
+def _claim_race(tmp_path, dead_markers: bool) -> list[list[str]]:
+    import multiprocessing as mp
+
+    from bench.store import ResultStore
+
+    keys = [f"{i:020x}" for i in range(300)]
+    store = ResultStore(tmp_path)
+    if dead_markers:  # every shard held by a process that is gone
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        for k in keys:
+            store.mark_running(k, {"pid": int(gone.stdout), "host": socket.gethostname()})
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path), keys, start, out))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    won = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(k for _, w in won for k in w) == keys, "a shard was claimed twice or not at all"
+    for pid, w in won:  # each marker names the process that won it
+        assert all(store.read_running(k)["pid"] == pid for k in w)
+    return [w for _, w in won]
+
+
+def test_claimers_started_together_win_each_shard_once(tmp_path):
+    """Four processes claim the same 300 shards at once: each shard has exactly one winner, whose
+    marker stands (an exclusive create must never show a rival an empty, 'dead' marker)."""
+    _claim_race(tmp_path, dead_markers=False)
+
+
+def test_claimers_taking_over_dead_markers_win_each_shard_once(tmp_path):
+    """Four processes find the same 300 markers of a killed process and take them over at once:
+    still exactly one winner per shard."""
+    _claim_race(tmp_path, dead_markers=True)
+
+
+def test_an_unreadable_marker_or_a_dead_takeover_lock_does_not_block_a_claim(tmp_path):
+    """A marker that does not parse (a crash of an older writer) and a takeover lock left by a
+    process killed while holding it are moved aside: the claim wins, in well under its wait."""
+    from bench.store import ResultStore
+
+    store = ResultStore(tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    bad, locked = "a" * 20, "b" * 20
+    store.running_path(bad).parent.mkdir(parents=True)
+    store.running_path(bad).write_text("")
+    store.mark_running(locked, {"pid": int(gone.stdout), "host": socket.gethostname()})
+    lock = store.running_path(locked).with_name(f"{locked}.json.takeover")
+    lock.write_text(f'{{"pid": {int(gone.stdout)}, "host": "{socket.gethostname()}", "beat": 0}}')
+    t0 = time.monotonic()
+    assert store.claim(bad, me, wait_s=20) is None
+    assert store.claim(locked, me, wait_s=20) is None
+    assert time.monotonic() - t0 < 10
+    assert store.read_running(bad)["pid"] == os.getpid() == store.read_running(locked)["pid"]
+    assert not lock.exists()
+    # a live holder's marker still wins over this claim
+    store.mark_running(bad, {"pid": os.getppid(), "host": socket.gethostname()})
+    assert store.claim(bad, me, wait_s=1)["pid"] == os.getppid()
