@@ -25,6 +25,7 @@ states and result tables carry a content digest verified on read: a corrupt one 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -172,7 +173,8 @@ TAKEOVER_STALE_S = 30.0
 
 def _link_new(path: Path, text: str) -> bool:
     """Create ``path`` holding ``text`` if it does not exist, atomically and whole (written under a
-    temporary name, then hard-linked into place); False if it exists."""
+    temporary name, then hard-linked into place); False if it exists. On a file system without
+    hard links, an exclusive create followed by the write (whole only once written)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -181,8 +183,18 @@ def _link_new(path: Path, text: str) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+            raise
     finally:
         os.unlink(tmp)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
 
 
 def _move_aside(path: Path) -> None:

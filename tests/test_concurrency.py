@@ -179,3 +179,19 @@ def test_an_unreadable_marker_or_a_dead_takeover_lock_does_not_block_a_claim(tmp
     # a live holder's marker still wins over this claim
     store.mark_running(bad, {"pid": os.getppid(), "host": socket.gethostname()})
     assert store.claim(bad, me, wait_s=1)["pid"] == os.getppid()
+
+
+def test_a_claim_works_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    from bench.store import ResultStore
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = ResultStore(tmp_path)
+    parent = {"pid": os.getppid(), "host": socket.gethostname()}  # a live process, not this one
+    assert store.claim("c" * 20, parent) is None
+    assert store.read_running("c" * 20)["pid"] == os.getppid()
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    assert store.claim("c" * 20, me)["pid"] == os.getppid()  # held: not claimed twice
+    assert not [p for p in store.running_path("c" * 20).parent.iterdir() if p.name.startswith(".")]
