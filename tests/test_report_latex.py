@@ -7,7 +7,7 @@ import pytest
 
 from bench.report.blocks import (Document, Figure, Heading, Table, Text, Value, figure_heading,
                                  format_value, mark_best)
-from bench.report.render_latex import escape, inline, render_latex
+from bench.report.render_latex import code, escape, inline, render_latex
 from conftest import small_suite
 from support.latex import (compile_input, first_page_png, is_blank, log_errors, pdf_text,
                            pdflatex_reason, pdftotext_reason, rasterizer_reason)
@@ -81,8 +81,16 @@ def test_escaping_and_non_ascii():
     assert escape("--ci") == "-{}-ci"  # no en dash ligature from two hyphens
     assert escape("β̃ − β") == r"$\tilde{\beta}$ $-$ $\beta$"  # a combining accent on math
     assert escape("☃").isascii()
-    assert inline("use `var_min` here") == r"use \texttt{var\_min} here"
+    assert inline("use `var_min` here") == r"use \texttt{var{\char95}min} here"
+    # code keeps the typewriter font's own ASCII glyphs and plain spaces
+    assert code('{"a": 1}') == r'{\char123}"a":\ 1{\char125}'
+    assert code("a\\b ~^ <|> --é") == (
+        r"a{\char92}b\ {\char126}{\char94}\ {\char60}{\char124}{\char62}\ -{}-\'{e}")
     assert inline("odd ` tick") == r"odd \textasciigrave{} tick"
+    # a paragraph whose code has spaces (which do not stretch in typewriter) is set ragged right
+    ragged = render_latex(Document("t", {}, [Text("params `{\"a\": 1}`"), Text("metric `fid`")]))
+    assert r"{\rightskip=0pt plus 1fil\relax params \texttt{" in ragged
+    assert "\nmetric \\texttt{fid}\n" in ragged
 
 
 def test_awkward_document_compiles(tmp_path):
@@ -97,8 +105,9 @@ def test_awkward_document_compiles(tmp_path):
                  higher_is_better=False, key="wide")
     doc = Document("Tricky: 100% & $5 #1 {x} ~ ^ \\ é — ±", {"hash": "a" * 64, "note": "x_y"}, [
         Heading("g — rmse"), Text("Model `gmm` {\"cov\": \"full\"}; 10–20 (NFE ≥ 3); σ ≈ 0.1; β̃ — ok"),
+        Text("Code: `{\"k\": [1, 2]} a_b\\c ~^ <|> --x é σ 100% & $5 #1`."),
         mark_best(wide), Table(["a", "b"], [["1", "2"]], key="wide"), Heading("level 3", 3),
-        Figure(tmp_path / "fig_a.png", "a figure: `fig_a.png`, 50% wider")])
+        Figure(tmp_path / "fig_a.png", "a figure: `fig_a.png {x_y: 1}`, 50% wider")])
     (tmp_path / "tricky.tex").write_text(render_latex(doc, "pm"))
     r, pdf = compile_input(tmp_path, "tricky.tex")
     assert r.returncode == 0, log_errors(r)
@@ -106,6 +115,9 @@ def test_awkward_document_compiles(tmp_path):
     tex = (tmp_path / "tricky.tex").read_text()
     assert r"\resizebox" in tex and r"\label{tab:wide-2}" in tex
     assert "multiply defined" not in r.stdout  # repeated keys get distinct labels
+    if not pdftotext_reason():  # code is set in the typewriter font's own ASCII glyphs
+        text = " ".join(pdf_text(pdf).split())
+        assert '{"k": [1, 2]} a_b\\c ~^ <|> --x' in text, text
 
 
 def test_floats_stay_in_their_section(tmp_path):

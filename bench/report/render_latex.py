@@ -110,13 +110,26 @@ def breakable(s: str, every: int = 16) -> str:
     return "".join(escape(p) + (r"\allowbreak{}" if i % 2 else "") for i, p in enumerate(pieces))
 
 
+#: in typewriter type these are the font's own ASCII glyphs (OT1 and T1 alike), not the text
+#: fonts' stand-ins (math braces, a rule for '_'); a space is a plain one (no wider gap after ':')
+_CODE = {"{": r"{\char123}", "}": r"{\char125}", "_": r"{\char95}", "\\": r"{\char92}",
+         "~": r"{\char126}", "^": r"{\char94}", "<": r"{\char60}", ">": r"{\char62}",
+         "|": r"{\char124}", " ": "\\ "}
+
+
+def code(s: str) -> str:
+    """``s`` as the body of a \\texttt{}: ``escape`` but with typewriter glyphs for ``_CODE``."""
+    pieces = re.split(r"([{}_\\~^<>| ])", str(s))
+    return "".join(_CODE[p] if i % 2 else escape(p) for i, p in enumerate(pieces))
+
+
 def inline(s: str) -> str:
     """Text with ``code`` spans (between backticks) as \\texttt{}; an unmatched backtick is kept."""
     parts = str(s).split("`")
     out = []
     for i, part in enumerate(parts):
         if i % 2 == 1 and i < len(parts) - 1:
-            out.append(r"\texttt{" + escape(part) + "}")
+            out.append(r"\texttt{" + code(part) + "}")
         elif i % 2 == 1:  # the text after an unmatched backtick
             out.append(r"\textasciigrave{}" + escape(part))
         else:
@@ -230,7 +243,10 @@ def render_latex(doc: Document, style: str = "brackets") -> str:
                 out.append(r"\benchfloatbarrier")
             out += [rf"\{cmd}*{{{inline(b.text)}}}", ""]
         elif isinstance(b, Text):
-            out += [inline(b.text), ""]
+            text = inline(b.text)
+            if "\\ " in text:  # code with spaces, which do not stretch: ragged right, no overfull
+                text = r"{\rightskip=0pt plus 1fil\relax " + text + r"\par}"
+            out += [text, ""]
         elif isinstance(b, Table):
             out += [table_tex(b, style, used), ""]
         elif isinstance(b, Figure):
