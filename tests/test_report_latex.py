@@ -165,6 +165,10 @@ def test_tiny_suite_report_compiles_to_a_non_blank_page(cli, write_suite, tmp_pa
     assert r.returncode == 0, log_errors(r)
     assert pdf.is_file() and pdf.stat().st_size > 0
     assert "Undefined control sequence" not in r.stdout
+    assert "Overfull \\hbox" not in r.stdout, log_errors(r)  # nothing runs into the margin
+    if not pdftotext_reason():  # the model's JSON parameters keep straight quotes (typewriter)
+        text = " ".join(pdf_text(pdf).split())
+        assert '{"cov": "full"' in text and "\u201d" not in text, text[:600]
     png = first_page_png(pdf, tmp_path / "tiny-page1.png")
     assert png.is_file() and not is_blank(png)
     print(f"page 1 of the tiny report: {png}")

@@ -148,6 +148,12 @@ def chosen_tables(df: pd.DataFrame, table: tuple[str, str], slug: Callable[[str]
     return out
 
 
+def model_params_text(params: str) -> str:
+    """A model's parameters (its row's JSON) for the prose: as code, so the JSON's straight
+    quotes survive LaTeX's text fonts; ' (default parameters)' when it sets none."""
+    return " (default parameters)" if params in ("", "{}") else f", parameters `{params}`"
+
+
 def cost_table(g: pd.DataFrame) -> Table:
     rows = []
     for _, r in g.sort_values(["sampler", "nfe"]).iterrows():
@@ -204,7 +210,7 @@ def sampled_sections(sdf: pd.DataFrame, ctx: ReportContext) -> list[Block]:
     sampled = metrics[metrics["slice"] == "all"]
     for (model, metric), g in sampled.groupby(["model", "metric"], sort=True):
         out += [Heading(f"{model} — {metric}"),
-                Text(f"Model `{g['model_name'].iloc[0]}` {g['model_params'].iloc[0]}; "
+                Text(f"Model `{g['model_name'].iloc[0]}`{model_params_text(g['model_params'].iloc[0])}; "
                      f"{int(g['n_samples'].iloc[0])} samples per cell, seed {int(g['seed'].iloc[0])}; "
                      f"{interval_caption(metric)}."),
                 value_table(g, metric, *(ctx.table if per_model else DEFAULT_TABLE))]
