@@ -162,7 +162,10 @@ def cost_table(g: pd.DataFrame) -> Table:
                      str(int(r["n_samples"])), fmt(r["wall_s"]), fmt(r["samples_per_s"]),
                      f"{100 * share:.0f}%" if math.isfinite(share) else "–"])
     return Table(["sampler", "NFE", "counted NFE", "samples", "wall s", "samples/s",
-                  "time in model"], rows, caption="Cost of each cell.", key="cost")
+                  "time in model"], rows, key="cost",
+                 caption="Cost of each cell. wall s: the wall times of its shards, summed (shards "
+                         "that ran side by side each count in full); samples/s: samples / wall s; "
+                         "time in model: the share of wall s spent in the network.")
 
 
 def metric_sections(sdf: pd.DataFrame) -> tuple[list[Callable[..., list[Block]]], set[str]]:
